@@ -1,0 +1,32 @@
+"""EfficientNetV2 for TensorFlow/Keras: model library, tf.data input pipeline, training and export."""
+
+import setuptools
+
+# Ranges are the versions this project was installed and tested with (see README, "Tested with").
+INSTALL_REQUIRES = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15.1,<3.16",
+    "absl-py>=2.1,<3",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "numpy>=2.0,<2.5",
+    "pyyaml>=6.0,<7",
+    "h5py>=3.11,<4",
+]
+
+EXTRAS = {
+    "test": ["pytest>=9.0,<10", "hypothesis>=6.100,<7", "jax[cpu]>=0.10.2,<0.11", "pillow>=10,<14"],
+    # keras-cv is only the comparison baseline of benchmarks/input_pipeline.py.
+    "bench": ["keras-cv==0.9.0", "jax[cpu]>=0.10.2,<0.11"],
+}
+
+setuptools.setup(
+    name="efficientnetv2-keras",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["efficientnetv2*", "datasets*", "hparams*"]),
+    py_modules=["main"],
+    package_data={"hparams": ["*.yaml"], "efficientnetv2": ["*.txt"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
