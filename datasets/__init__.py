@@ -1,0 +1,40 @@
+"""The input pipeline of EfficientNetV2 training: sources, decoding, augmentation, tf.data.
+
+    src = datasets.get_source("auto", data_dir)       # synthetic when data_dir is None
+    train = datasets.build_train_dataset(src, batch_size=64, image_size=128,
+                                         randaug_magnitude=5, seed=0, epoch=epoch)
+    evaluation = datasets.build_eval_dataset(src, batch_size=64, image_size=384)
+    steps = datasets.steps_per_epoch(src, global_batch_size=64)
+    datasets.skipped_images()                          # undecodable images skipped so far
+
+Determinism.  `build_train_dataset` returns ONE epoch, and everything in it (which examples, in
+which order, every crop, flip, RandAugment op and sign, mixup/CutMix weight and box) is a pure
+function of (seed, epoch) and the input pipeline id: all randomness is stateless
+(tf.random.stateless_*, stateless_shuffle, seeds folded from (seed, epoch, stream, pipeline,
+example or batch index)); no tf.data shuffle buffer and no global seed is involved.  A run
+resumed at epoch e rebuilds epoch e and sees exactly the batches it would have seen.
+`build_eval_dataset` is deterministic too.  Undecodable images (corrupt, truncated, empty,
+not an image) are skipped, logged and counted (`skipped_images()`), never fatal; skipping one
+does not change what the others get.
+
+Images are float32 [0, 255] (normalization belongs to the model); labels float32 one-hot
+(multi-hot for ImageNet-21k), mixed into soft labels by mixup/CutMix.
+
+Modules: catalog (get_source), source (the Source interface), synthetic, folder, tfrecord,
+tfds_source, records (TFRecord formats), ordering (sharding, stateless shuffles), decode (crops),
+randaugment, mixing, skipping, pipeline (the builders), build_tfrecords (converter CLI).
+"""
+
+from datasets.catalog import DATASETS, detect, get_source
+from datasets.folder import FolderSource
+from datasets.pipeline import build_eval_dataset, build_train_dataset, steps_per_epoch
+from datasets.skipping import skipped_images
+from datasets.source import Source
+from datasets.synthetic import SyntheticSource
+from datasets.tfrecord import TFRecordSource
+
+__all__ = [
+    "DATASETS", "FolderSource", "Source", "SyntheticSource", "TFRecordSource",
+    "build_eval_dataset", "build_train_dataset", "detect", "get_source", "skipped_images",
+    "steps_per_epoch",
+]

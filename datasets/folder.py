@@ -1,0 +1,123 @@
+"""A folder of class sub-folders: `<root>/<class>/*.jpg|jpeg|png` (extensions in any case).
+
+Splits: with `<root>/train/` the classes are its sub-folders and eval comes from `<root>/val/`
+(or `<root>/validation/`); eval classes must be among the train classes.  Without split folders
+(or with `train/` alone) the eval split is a deterministic hold-out: in each class, the files at
+positions 9, 19, 29, ... of the name-sorted list (every 10th, `holdout_every`) are eval, the rest
+train.  Class names are the sorted sub-folder names; label i is class_names[i].  Only files
+directly inside a class folder are read; folders whose name starts with "." are ignored.
+"""
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from datasets import ordering
+from datasets.source import Source, check_split
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+TRAIN_DIR = "train"
+EVAL_DIRS = ("val", "validation")
+HOLDOUT_EVERY = 10
+
+Files = Tuple[List[str], List[int]]  # paths, labels
+
+
+def _subfolders(directory: str) -> List[str]:
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(directory)
+                  if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(directory, name)))
+
+
+def _images(directory: str) -> List[str]:
+    return sorted(os.path.join(directory, name) for name in tf.io.gfile.listdir(directory)
+                  if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _list_split(directory: str, class_names: List[str]) -> Dict[str, List[str]]:
+    return {name: _images(os.path.join(directory, name)) for name in class_names}
+
+
+def split_dirs(root: str) -> Tuple[str, Optional[str]]:
+    """(train directory, eval directory or None for a hold-out)."""
+    train_dir = os.path.join(root, TRAIN_DIR)
+    if not tf.io.gfile.isdir(train_dir):
+        return root, None
+    for name in EVAL_DIRS:
+        if tf.io.gfile.isdir(os.path.join(root, name)):
+            return train_dir, os.path.join(root, name)
+    return train_dir, None
+
+
+def list_folder(root: str, holdout_every: int = HOLDOUT_EVERY) -> Tuple[List[str], Dict[str, Files]]:
+    """(class_names, {"train": (paths, labels), "eval": (paths, labels)}) of a folder dataset.
+
+    Raises FileNotFoundError for a missing root, ValueError for a root without class
+    sub-folders, a class folder without images, or an eval class unknown to train.
+    """
+    if not tf.io.gfile.isdir(root):
+        raise FileNotFoundError(f"data folder {root!r} does not exist")
+    train_dir, eval_dir = split_dirs(root)
+    class_names = _subfolders(train_dir)
+    if not class_names:
+        raise ValueError(f"no class sub-folders in {train_dir!r}: expected <class>/*"
+                         f"{'|'.join(IMAGE_EXTENSIONS)} (optionally under train/ and val/)")
+    train = _list_split(train_dir, class_names)
+    for name, paths in train.items():
+        if not paths:
+            raise ValueError(f"class folder {os.path.join(train_dir, name)!r} has no images "
+                             f"(looked for {', '.join(IMAGE_EXTENSIONS)} in any case)")
+    if eval_dir is None:
+        held_out = {name: paths[holdout_every - 1::holdout_every] for name, paths in train.items()}
+        train = {name: [p for i, p in enumerate(paths) if (i + 1) % holdout_every]
+                 for name, paths in train.items()}
+        evaluation = held_out
+    else:
+        unknown = sorted(set(_subfolders(eval_dir)) - set(class_names))
+        if unknown:
+            raise ValueError(f"eval folder {eval_dir!r} has classes {unknown} that {train_dir!r} "
+                             f"lacks; train classes: {class_names}")
+        evaluation = _list_split(eval_dir, [n for n in class_names
+                                            if tf.io.gfile.isdir(os.path.join(eval_dir, n))])
+
+    def flatten(split: Dict[str, List[str]]) -> Files:
+        paths, labels = [], []
+        for name, files in split.items():
+            paths += files
+            labels += [class_names.index(name)] * len(files)
+        return paths, labels
+
+    return class_names, {"train": flatten(train), "eval": flatten(evaluation)}
+
+
+class FolderSource(Source):
+    """Images in class sub-folders (see the module docstring for splits)."""
+
+    def __init__(self, root: str, holdout_every: int = HOLDOUT_EVERY):
+        self.root = root
+        self.name = "folder"
+        self.class_names, self._files = list_folder(root, holdout_every)
+        self.num_classes = len(self.class_names)
+        self.multi_label = False
+        self._holdout_every = holdout_every if split_dirs(root)[1] is None else None
+        for split, (paths, _) in self._files.items():
+            if not paths:
+                raise ValueError(f"no {split} images found in {root!r}" +
+                                 (f" (the hold-out takes every {holdout_every}th file of a "
+                                  "class: classes need that many)" if self._holdout_every else ""))
+
+    def num_examples(self, split: str) -> int:
+        return len(self._files[check_split(split)][0])
+
+    def examples(self, split: str, *, seed: Optional[tf.Tensor] = None,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 image_size: int = 224) -> tf.data.Dataset:
+        paths, labels = self._files[check_split(split)]
+        rows = ordering.shard_in_memory([paths, tf.constant(labels, tf.int32)], seed, input_context)
+        return rows.map(lambda path, label: {"image": tf.io.read_file(path), "label": label, "id": path},
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def describe(self) -> str:
+        held_out = (f" (eval: every {self._holdout_every}th file per class held out)"
+                    if self._holdout_every else "")
+        return f"folder {self.root}: " + super().describe() + held_out

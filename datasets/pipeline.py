@@ -1,0 +1,110 @@
+"""The tf.data builders: one epoch of training batches, the eval batches, steps per epoch.
+
+Randomness is stateless.  From (seed, epoch) come the epoch's reading order (shared by all input
+pipelines, so their shards stay disjoint) and, with the pipeline id and an example's position in
+this pipeline's stream, the example's crop, flip and RandAugment; each batch's mixup/CutMix comes
+from (seed, epoch, pipeline id, batch number).  A skipped undecodable image does not shift the
+positions of the others.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from datasets import decode, mixing, ordering, randaugment
+from datasets.skipping import map_skipping_errors
+from datasets.source import Source
+
+_ORDER_STREAM, _EXAMPLE_STREAM, _BATCH_STREAM = 1, 2, 3
+
+
+def _stream_seed(seed: int, epoch: int, stream: int, pipeline_id: int = 0) -> tf.Tensor:
+    key = tf.constant([seed, epoch], tf.int64)
+    for value in (stream, pipeline_id):
+        key = tf.random.experimental.stateless_fold_in(key, value)
+    return key
+
+
+def targets(label: tf.Tensor, num_classes: int, multi_label: bool = False) -> tf.Tensor:
+    """Class id -> float32 one-hot [num_classes]; with multi_label, ids [n] -> multi-hot."""
+    if multi_label:
+        return tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes, dtype=tf.float32), axis=0), 1.0)
+    return tf.one_hot(label, num_classes, dtype=tf.float32)
+
+
+def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: int,
+                  multi_label: bool = False, randaug_magnitude=0.0, randaug_num_layers: int = 2):
+    """One example -> (float32 [S, S, 3] in [0, 255], float32 [num_classes]) for training:
+    random-resized crop (crop-only decode for JPEG), resize, flip, RandAugment."""
+    crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    image = decode.random_resized_crop(example["image"], crop_seed, image_size)
+    image = decode.random_flip(image, flip_seed)
+    skip_randaugment = isinstance(randaug_magnitude, (int, float)) and randaug_magnitude == 0
+    if randaug_num_layers > 0 and not skip_randaugment:
+        image = randaugment.randaugment(image, augment_seed, randaug_magnitude, randaug_num_layers)
+    return image, targets(example["label"], num_classes, multi_label)
+
+
+def eval_example(example: dict, image_size: int, num_classes: int, multi_label: bool = False):
+    """One example -> (center-cropped float32 [S, S, 3], float32 [num_classes])."""
+    return (decode.center_crop(example["image"], image_size),
+            targets(example["label"], num_classes, multi_label))
+
+
+def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_magnitude=0.0,
+                        randaug_num_layers: int = 2, mixup_alpha: float = 0.0,
+                        cutmix_alpha: float = 0.0, seed: int = 0, epoch: int = 0,
+                        input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """One epoch of (images float32 [B, S, S, 3] in [0, 255], labels float32 [B, num_classes]).
+
+    `batch_size` is per replica; the last partial batch is dropped (static shapes).  The epoch is a
+    pure function of (seed, epoch, input pipeline): building it again replays it exactly.
+    """
+    randaugment.check_magnitude(randaug_magnitude)
+    _, pipeline_id = ordering.pipelines(input_context)
+    examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
+                            input_context=input_context, image_size=image_size)
+    example_key = _stream_seed(seed, epoch, _EXAMPLE_STREAM, pipeline_id)
+
+    def preprocess(index, example):
+        example_seed = tf.random.experimental.stateless_fold_in(example_key, index)
+        return train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
+                             randaug_magnitude, randaug_num_layers)
+
+    dataset = map_skipping_errors(examples.enumerate(), preprocess, lambda index, example: example["id"])
+    # Batch first, then mix: mixup/CutMix pair examples within a batch.
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+        batch_key = _stream_seed(seed, epoch, _BATCH_STREAM, pipeline_id)
+        dataset = dataset.enumerate().map(
+            lambda index, batch: mixing.mix_batch(
+                *batch, tf.random.experimental.stateless_fold_in(batch_key, index),
+                mixup_alpha, cutmix_alpha),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def build_eval_dataset(src: Source, batch_size: int, image_size: int,
+                       input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """Every eval example once, in a fixed order: center crop, resize, one-hot labels.
+
+    The last batch may be smaller than `batch_size`.
+    """
+    examples = src.examples("eval", input_context=input_context, image_size=image_size)
+    dataset = map_skipping_errors(
+        examples, lambda example: eval_example(example, image_size, src.num_classes, src.multi_label),
+        lambda example: example["id"])
+    return _with_options(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def steps_per_epoch(src: Source, global_batch_size: int) -> int:
+    """Full global batches in one epoch of train examples (at least 1)."""
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
+    return max(1, src.num_examples("train") // global_batch_size)

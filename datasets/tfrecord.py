@@ -1,0 +1,103 @@
+"""ImageNet-format TFRecord shards (see `datasets.records` for the formats).
+
+Training order: this pipeline's shards in an order shuffled by the seed, read interleaved (16 at
+a time, one record each in turn, in parallel but deterministically), then shuffled within blocks
+of `SHUFFLE_BLOCK` records (`ordering.block_shuffle`).  Eval reads the shards in name order.
+"""
+
+import os
+from typing import Callable, List, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from datasets import ordering, records
+from datasets.source import Source, check_split
+
+IMAGENET_CLASSES = 1000
+IMAGENET21K_CLASSES = 21843  # the ImageNet-21k (fall 2011) class count the reference uses
+CYCLE_LENGTH = 16
+_READ_BUFFER = 8 << 20
+
+_PATTERNS = {"train": records.TRAIN_PATTERN, "eval": records.EVAL_PATTERN}
+
+
+def find_shards(data_dir: str, pattern: str) -> List[str]:
+    """Sorted files (not folders) in `data_dir` matching `pattern`."""
+    return sorted(f for f in tf.io.gfile.glob(os.path.join(data_dir, pattern))
+                  if not tf.io.gfile.isdir(f))
+
+
+def count_records(files: List[str]) -> int:
+    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER),
+        cycle_length=CYCLE_LENGTH, num_parallel_calls=tf.data.AUTOTUNE)
+    return int(dataset.batch(4096).reduce(tf.constant(0, tf.int64),
+                                          lambda n, batch: n + tf.size(batch, tf.int64)))
+
+
+def _records_with_ids(file: tf.Tensor) -> tf.data.Dataset:
+    """(serialized record, "shard:record number") for every record of one shard."""
+    return tf.data.TFRecordDataset(file, buffer_size=_READ_BUFFER).enumerate().map(
+        lambda i, record: (record, tf.strings.join([file, tf.strings.as_string(i)], ":")))
+
+
+class TFRecordSource(Source):
+    """Shards `train-*` and `validation-*` in `data_dir`, ImageNet or ImageNet-21k format."""
+
+    def __init__(self, data_dir: str, multi_label: bool = False, num_classes: Optional[int] = None,
+                 shuffle_block: int = ordering.SHUFFLE_BLOCK):
+        self.data_dir = data_dir
+        self.multi_label = multi_label
+        self.name = "imagenet21k" if multi_label else "imagenet"
+        self.shuffle_block = shuffle_block
+        if not tf.io.gfile.isdir(data_dir):
+            raise FileNotFoundError(f"{self.name} data_dir {data_dir!r} does not exist")
+        self._files = {split: find_shards(data_dir, pattern) for split, pattern in _PATTERNS.items()}
+        for split, files in self._files.items():
+            if not files:
+                raise FileNotFoundError(
+                    f"no {self.name} {split} shards: pattern {os.path.join(data_dir, _PATTERNS[split])!r} "
+                    "matches no files (expected TFRecord shards named like train-00000-of-01024 "
+                    "and validation-00000-of-00128)")
+        self.class_names = records.read_labels_file(data_dir)
+        default = IMAGENET21K_CLASSES if multi_label else IMAGENET_CLASSES
+        if self.class_names is not None:
+            if num_classes is not None and num_classes != len(self.class_names):
+                raise ValueError(f"num_classes={num_classes} disagrees with the "
+                                 f"{len(self.class_names)} names in "
+                                 f"{os.path.join(data_dir, records.LABELS_FILENAME)}")
+            self.num_classes = len(self.class_names)
+        else:
+            self.num_classes = num_classes or default
+        self._parse: Callable = records.parse_imagenet21k if multi_label else records.parse_imagenet
+        self._counts = records.read_counts_file(data_dir) or {}
+
+    def num_examples(self, split: str) -> int:
+        key = "validation" if check_split(split) == "eval" else "train"
+        if key not in self._counts:
+            logging.info("counting %s records in %d shards of %s (once)", key,
+                         len(self._files[split]), self.data_dir)
+            self._counts[key] = count_records(self._files[split])
+        return self._counts[key]
+
+    def examples(self, split: str, *, seed: Optional[tf.Tensor] = None,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 image_size: int = 224) -> tf.data.Dataset:
+        files, shard_elements = ordering.shard_files(self._files[check_split(split)], input_context)
+        file_seed, block_seed = (None, None) if seed is None else tf.unstack(
+            tf.random.experimental.stateless_split(seed, 2))
+        cycle_length = min(len(files), CYCLE_LENGTH)
+        files = tf.gather(files, ordering.permutation(len(files), file_seed))
+        dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+            _records_with_ids, cycle_length=cycle_length,
+            block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shard_elements:
+            dataset = ordering.shard_elements(dataset, input_context)
+        if block_seed is not None:
+            dataset = ordering.block_shuffle(dataset, block_seed, self.shuffle_block)
+        return dataset.map(lambda record, record_id: self._parse(record, record_id, self.num_classes),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def describe(self) -> str:
+        return f"{self.name} TFRecords in {self.data_dir}: " + super().describe()
