@@ -106,13 +106,17 @@ class FolderSource(Source):
                                  (f" (the hold-out takes every {holdout_every}th file of a "
                                   "class: classes need that many)" if self._holdout_every else ""))
 
+    def files(self, split: str) -> Files:
+        """(paths, labels) of `split`, in listing order."""
+        return self._files[check_split(split)]
+
     def num_examples(self, split: str) -> int:
-        return len(self._files[check_split(split)][0])
+        return len(self.files(split)[0])
 
     def examples(self, split: str, *, seed: Optional[tf.Tensor] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  image_size: int = 224) -> tf.data.Dataset:
-        paths, labels = self._files[check_split(split)]
+        paths, labels = self.files(split)
         rows = ordering.shard_in_memory([paths, tf.constant(labels, tf.int32)], seed, input_context)
         return rows.map(lambda path, label: {"image": tf.io.read_file(path), "label": label, "id": path},
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
