@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
     "pyyaml>=6.0,<7",
     "h5py>=3.11,<4",
+    "tensorboard>=2.21,<2.22",
 ]
 
 EXTRAS = {

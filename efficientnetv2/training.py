@@ -1,0 +1,434 @@
+"""Training and evaluation under a ``tf.distribute`` strategy, with the paper's recipe.
+
+``train(config, model_dir, strategy)`` runs the whole job: it checks the config and finds the data
+before building anything, writes ``model_dir/config.yaml``, builds the model and optimizer in the
+strategy's scope, restores the latest checkpoint, then trains epoch by epoch (``fit`` once per epoch,
+see ``progressive``), saving a checkpoint after every epoch and on SIGTERM.
+
+Exit paths: returns normally when all epochs are done; raises ``Preempted`` after saving on SIGTERM
+(main.py exits with ``PREEMPTED_EXIT_CODE``); raises ``NonFiniteLoss`` when the loss is NaN or Inf,
+leaving the last good checkpoint as the newest.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+import datasets
+from efficientnetv2 import distribute, optimizers, progressive, schedules
+from efficientnetv2.checkpointing import RunCheckpoint
+from efficientnetv2.model import build_model
+from efficientnetv2.variants import get_variant
+from hparams import config as config_lib
+
+__all__ = ["train", "evaluate", "Plan", "make_plan", "Preempted", "NonFiniteLoss", "PREEMPTED_EXIT_CODE"]
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" -- a restart resumes from the saved checkpoint.
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was saved and the run stopped."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything derived from the config and the data before any model is built."""
+
+    variant: object
+    num_classes: int
+    class_names: object
+    multi_label: bool
+    stages: list
+    bounds: list
+    eval_size: int
+    global_batch: int
+    steps_per_epoch: int
+    peak_lr: float
+    mixed_precision: str
+    jit_compile: bool
+
+
+def _progressive_spec(config, spec):
+    p = config.progressive
+
+    def pick(start, end, default):
+        return (default.start if start is None else start, default.end if end is None else end)
+
+    image_end = config.train.image_size if (p.image_size_end is None and config.train.image_size) else None
+    return schedules.ProgressiveSpec(
+        image_size=pick(p.image_size_start, p.image_size_end or image_end, spec.image_size),
+        randaug_magnitude=pick(p.randaug_start, p.randaug_end, spec.randaug_magnitude),
+        mixup_alpha=pick(p.mixup_start, p.mixup_end, spec.mixup_alpha),
+        dropout_rate=pick(p.dropout_start, p.dropout_end, spec.dropout),
+        round_image_size_to=p.round_image_size_to,
+    )
+
+
+def make_plan(config, source, num_replicas=1, device="cpu"):
+    """Resolves the config against the variant and the data; raises ConfigError on a bad combination."""
+    spec = get_variant(config.model.variant)
+    epochs = config.train.epochs
+    if config.progressive.enabled:
+        pspec = _progressive_spec(config, spec)
+        stages = [schedules.stage_params(i, config.progressive.num_stages, pspec)
+                  for i in range(config.progressive.num_stages)]
+        bounds = schedules.stage_epochs(epochs, config.progressive.num_stages)
+    else:
+        dropout = spec.dropout_rate if config.model.dropout_rate is None else config.model.dropout_rate
+        stages, bounds = progressive.fixed_schedule(
+            epochs, config.train.image_size or spec.train_size, config.data.randaug_magnitude,
+            config.data.mixup_alpha, dropout)
+    eval_size = config.eval.image_size or spec.eval_size
+    config_lib.validate(
+        config,
+        num_replicas=num_replicas,
+        last_train_size=stages[-1].image_size,
+        eval_size=eval_size,
+        size_multiple=8 if device == "tpu" else 1,
+    )
+    if any(s.image_size < 32 for s in stages):
+        raise config_lib.ConfigError(
+            f"image sizes {[s.image_size for s in stages]}: every stage's image size must be >= 32"
+        )
+    global_batch = config.train.batch_size
+    steps = config.train.steps_per_epoch or datasets.steps_per_epoch(source, global_batch)
+    precision = config.train.mixed_precision
+    if precision == "auto":
+        precision = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16"}.get(device, "float32")
+    jit = config.train.jit_compile
+    jit = device in ("tpu", "gpu") if jit == "auto" else jit == "true"
+    return Plan(
+        variant=spec,
+        num_classes=source.num_classes,
+        class_names=source.class_names,
+        multi_label=bool(source.multi_label),
+        stages=stages,
+        bounds=bounds,
+        eval_size=eval_size,
+        global_batch=global_batch,
+        steps_per_epoch=int(steps),
+        peak_lr=config.train.lr_base * global_batch / config.train.lr_base_batch_size,
+        mixed_precision=precision,
+        jit_compile=jit,
+    )
+
+
+def _build(config, plan, dropout_rate, input_size=None):
+    return build_model(
+        plan.variant,
+        num_classes=plan.num_classes,
+        input_shape=(input_size, input_size, 3),
+        dropout_rate=dropout_rate,
+        drop_path_rate=config.model.drop_path_rate,
+        bn_momentum=config.model.bn_momentum,
+        bn_epsilon=config.model.bn_epsilon,
+        synchronized_bn=config.model.synchronized_bn,
+        width=config.model.width,
+        depth=config.model.depth,
+        blocks=config.model.blocks,
+        head_filters=config.model.head_filters,
+    )
+
+
+def _loss_and_metrics(config, plan):
+    if plan.multi_label or config.train.loss == "sigmoid":
+        loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.train.label_smoothing)
+        metrics = [keras.metrics.AUC(multi_label=True, from_logits=True, name="auc")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.train.label_smoothing
+        )
+        metrics = [
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, plan.num_classes), name="top5"),
+        ]
+    return loss, metrics
+
+
+def _compile(config, plan, model):
+    schedule = schedules.LearningRateSchedule(
+        steps_per_epoch=plan.steps_per_epoch,
+        peak=plan.peak_lr,
+        warmup_epochs=config.train.warmup_epochs,
+        schedule=config.train.lr_schedule,
+        decay_rate=config.train.lr_decay_rate,
+        decay_epochs=config.train.lr_decay_epochs,
+        total_epochs=config.train.epochs,
+        minimum=config.train.lr_min,
+    )
+    optimizer = optimizers.make_optimizer(config.train, schedule)
+    if plan.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if config.train.optimizer != "adamw":
+        optimizers.add_weight_decay(model, config.train.weight_decay)
+    loss, metrics = _loss_and_metrics(config, plan)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def _setup_precision_and_seed(config, plan):
+    keras.mixed_precision.set_dtype_policy(plan.mixed_precision)
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _write_or_check_config(config, model_dir, allow_config_change, chief):
+    path = os.path.join(model_dir, "config.yaml")
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            previous = config_lib.from_dict(config_lib.yaml.safe_load(f.read()), source=path)
+        changed = config_lib.diff(previous, config)
+        if changed and not allow_config_change:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise config_lib.ConfigError(
+                f"{model_dir} holds a run with another config ({lines}); resume with the same "
+                "config, use another --model_dir, or pass --allow_config_change"
+            )
+        if changed:
+            logging.warning("Config changed on resume (allowed): %s", changed)
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+        tmp = path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(config_lib.dump(config))
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+class _RunMonitor(keras.callbacks.Callback):
+    """Per-epoch bookkeeping: images/s and learning rate in the logs, the batch position for SIGTERM
+    saves, and a stop on non-finite loss."""
+
+    def __init__(self, plan, first_step_in_epoch=0):
+        super().__init__()
+        self.plan = plan
+        self.step_in_epoch = first_step_in_epoch
+        self.nonfinite = None
+        self.preempt_requested = threading.Event()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        self.step_in_epoch += 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nonfinite = float(loss)
+            self.model.stop_training = True
+        if self.preempt_requested.is_set():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if logs is not None:
+            logs["images_per_sec"] = self.batches * self.plan.global_batch / elapsed
+            optimizer = self.model.optimizer
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(optimizer.learning_rate)
+            )
+
+
+def _eval_dataset(strategy, source, plan, eval_config):
+    def fn(context):
+        return datasets.build_eval_dataset(
+            source,
+            batch_size=context.get_per_replica_batch_size(eval_config.batch_size)
+            if strategy.num_replicas_in_sync > 1
+            else eval_config.batch_size,
+            image_size=plan.eval_size,
+            input_context=context,
+        )
+
+    return strategy.distribute_datasets_from_function(fn)
+
+
+def _evaluate_model(model, optimizer, strategy, source, plan, eval_config):
+    data = _eval_dataset(strategy, source, plan, eval_config)
+    with optimizers.swap_ema_weights(model, optimizer) as used_ema:
+        results = model.evaluate(data, steps=eval_config.steps, verbose=0, return_dict=True)
+    results["ema"] = float(used_ema)
+    return results
+
+
+def _install_sigterm(monitor):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping.")
+        monitor.preempt_requested.set()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _finite_logs(logs):
+    return all(math.isfinite(v) for v in logs.values() if isinstance(v, (int, float)))
+
+
+def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_config_change=False,
+          verbose="auto", max_epochs=None):
+    """Trains (and with ``evaluate_each_epoch`` evaluates after each epoch, keeping the best checkpoint).
+
+    ``max_epochs`` stops after that many epochs of this call (for tests and benchmarks); a later call
+    with the same ``model_dir`` continues. Returns a dict of the final epoch's logs (and evaluation).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    device = distribute.device_kind(strategy)
+    chief = distribute.is_chief(strategy)
+    # Everything that can fail on bad input fails here, before the model is built.
+    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
+    config_path = _write_or_check_config(config, model_dir, allow_config_change, chief)
+    logging.info("Data: %s", getattr(source, "describe", lambda: source.name)())
+    logging.info(
+        "Run: EfficientNetV2-%s, %d classes, %d epochs x %d steps, global batch %d on %d replica(s) "
+        "(%s), precision %s, XLA %s, peak learning rate %.4g; config written to %s",
+        plan.variant.name.upper(), plan.num_classes, config.train.epochs, plan.steps_per_epoch,
+        plan.global_batch, strategy.num_replicas_in_sync, device, plan.mixed_precision,
+        plan.jit_compile, plan.peak_lr, config_path,
+    )
+    _setup_precision_and_seed(config, plan)
+    with strategy.scope():
+        model = _build(config, plan, plan.stages[0].dropout_rate)
+        optimizer = _compile(config, plan, model)
+        checkpoint = RunCheckpoint(
+            os.path.join(model_dir, "checkpoints"), model, optimizer,
+            max_to_keep=config.train.keep_checkpoints, chief=chief,
+            worker_id=getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0) or 0,
+        )
+        restored = checkpoint.restore_latest()
+        if restored is None and config.train.init_checkpoint:
+            from efficientnetv2 import weights_import  # noqa: PLC0415 (only for fine-tuning)
+
+            weights_import.load_pretrained(model, config.train.init_checkpoint, plan.variant)
+    epoch, step_in_epoch = checkpoint.position
+    if restored:
+        logging.info("Resumed from %s at epoch %d, step %d of the epoch.", restored, epoch, step_in_epoch)
+    else:
+        logging.info("Starting a new run in %s.", model_dir)
+
+    def dataset_fn(params, epoch_number):
+        def per_replica(context):
+            data = datasets.build_train_dataset(
+                source,
+                batch_size=context.get_per_replica_batch_size(plan.global_batch),
+                image_size=params.image_size,
+                randaug_magnitude=params.randaug_magnitude,
+                randaug_num_layers=config.data.randaug_num_layers,
+                mixup_alpha=params.mixup_alpha,
+                cutmix_alpha=config.data.cutmix_alpha,
+                seed=config.train.seed,
+                epoch=epoch_number,
+                input_context=context,
+            )
+            return data.repeat().take(plan.steps_per_epoch)
+
+        return per_replica
+
+    stage_callback = progressive.ProgressiveLearning(plan.stages, plan.bounds, dataset_fn)
+    tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch") \
+        if chief else None
+    best_top1 = -1.0
+    best = None
+    if evaluate_each_epoch and chief:
+        best = tf.train.CheckpointManager(checkpoint.checkpoint, os.path.join(model_dir, "best"), 1)
+    last_logs = {}
+    epochs_run = 0
+    while epoch < config.train.epochs and (max_epochs is None or epochs_run < max_epochs):
+        params = stage_callback.stage_for_epoch(epoch)
+        per_replica_fn = stage_callback.dataset_for_epoch(epoch)
+        skip = step_in_epoch
+
+        def fn(context, _f=per_replica_fn, _skip=skip):
+            return _f(context).skip(_skip)
+
+        data = strategy.distribute_datasets_from_function(fn)
+        monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
+        previous_handler = _install_sigterm(monitor)
+        callbacks = [stage_callback, monitor] + ([tensorboard] if tensorboard else [])
+        try:
+            history = model.fit(
+                data,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                steps_per_epoch=plan.steps_per_epoch - skip,
+                callbacks=callbacks,
+                verbose=verbose if chief else 0,
+                shuffle=False,
+            )
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+        if monitor.nonfinite is not None or not _finite_logs(logs):
+            raise NonFiniteLoss(
+                f"loss became {monitor.nonfinite if monitor.nonfinite is not None else logs.get('loss')} "
+                f"in epoch {epoch + 1} (stage {params.stage + 1}, {params.image_size} px); stopped without "
+                f"saving. The last good checkpoint is {checkpoint.reader.latest_checkpoint}. Lower "
+                "train.lr_base or check the data."
+            )
+        if monitor.preempt_requested.is_set() and monitor.step_in_epoch < plan.steps_per_epoch:
+            path = checkpoint.save(epoch, monitor.step_in_epoch)
+            raise Preempted(
+                f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{plan.steps_per_epoch}; "
+                f"checkpoint {path}. Run the same command to resume."
+            )
+        epoch += 1
+        step_in_epoch = 0
+        epochs_run += 1
+        path = checkpoint.save(epoch, 0)
+        if evaluate_each_epoch:
+            results = _evaluate_model(model, optimizer, strategy, source, plan, config.eval)
+            logs.update({f"eval_{k}": v for k, v in results.items()})
+            if best is not None and results.get("top1", -1.0) > best_top1:
+                best_top1 = results["top1"]
+                best.save(checkpoint_number=epoch)
+        logging.info(
+            "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
+            epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
+            ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
+        )
+        last_logs = logs
+        if monitor.preempt_requested.is_set():
+            raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
+                            "command to resume.")
+    return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": last_logs}
+
+
+def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
+    """Evaluates a checkpoint (latest, or ``checkpoint_path``) with EMA weights at the eval size."""
+    strategy = strategy or tf.distribute.get_strategy()
+    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    plan = make_plan(config, source, strategy.num_replicas_in_sync, distribute.device_kind(strategy))
+    _setup_precision_and_seed(config, plan)
+    with strategy.scope():
+        model = _build(config, plan, plan.stages[-1].dropout_rate)
+        optimizer = _compile(config, plan, model)
+        checkpoint = RunCheckpoint(os.path.join(model_dir, "checkpoints"), model, optimizer)
+        if checkpoint_path:
+            path = checkpoint.restore(checkpoint_path)
+        else:
+            path = checkpoint.restore_latest()
+            if path is None:
+                raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')}")
+    results = _evaluate_model(model, optimizer, strategy, source, plan, config.eval)
+    results["checkpoint"] = path
+    results["epoch"] = checkpoint.position[0]
+    results["image_size"] = plan.eval_size
+    return results

@@ -1,0 +1,442 @@
+"""The typed configuration tree and the one place that merges it.
+
+Order of precedence (later wins): the defaults below (the paper's ImageNet recipe, PAPER.md section 1)
+-> the dataset's named file (``hparams/<dataset>.yaml``) -> a user file (``--hparams_file``) ->
+command-line overrides (``--hparams="train.epochs=30,train.batch_size=64"``). Files hold only what
+differs from what comes before them. Every key is checked: an unknown key or a value of the wrong
+type is refused with ``ConfigError`` naming the key, the value and the nearest valid keys, before any
+work starts. ``validate`` then checks the rules between values (sizes, epochs, batch).
+
+Sizes are pixels, epochs are epochs, batch sizes are global (all replicas together).
+"""
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "ProgressiveConfig",
+    "EvalConfig",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "validate",
+    "to_dict",
+    "dump",
+    "named_config_path",
+]
+
+HPARAMS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class ConfigError(ValueError):
+    """A configuration key, value or combination that cannot be used."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    variant: str = "s"
+    # Overrides of the variant's architecture (None keeps the variant's), e.g. for tiny models.
+    width: typing.Optional[float] = None
+    depth: typing.Optional[float] = None
+    blocks: typing.Optional[str] = None
+    head_filters: int = 1280
+    # Head dropout when progressive learning is off (None: the variant's); with progressive
+    # learning the stage's dropout rate is used.
+    dropout_rate: typing.Optional[float] = None
+    drop_path_rate: float = 0.2
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    synchronized_bn: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # "auto" picks "synthetic" without a data_dir, else detects the format; see datasets.get_source.
+    dataset: str = "auto"
+    data_dir: typing.Optional[str] = None
+    randaug_num_layers: int = 2
+    # RandAugment magnitude and mixup alpha when progressive learning is off.
+    randaug_magnitude: float = 15.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 350
+    batch_size: int = 4096
+    # None: the dataset's size // batch_size.
+    steps_per_epoch: typing.Optional[int] = None
+    # Image size when progressive learning is off (None: the variant's training size).
+    image_size: typing.Optional[int] = None
+    optimizer: str = "rmsprop"
+    rmsprop_rho: float = 0.9
+    momentum: float = 0.9
+    epsilon: float = 1e-3
+    # Peak learning rate = lr_base * batch_size / lr_base_batch_size (linear scaling).
+    lr_base: float = 0.256
+    lr_base_batch_size: int = 4096
+    lr_schedule: str = "exponential"
+    warmup_epochs: float = 5.0
+    lr_decay_rate: float = 0.97
+    lr_decay_epochs: float = 2.4
+    lr_min: float = 0.0
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    # "softmax" cross-entropy, or "sigmoid" for multi-label (ImageNet-21k).
+    loss: str = "softmax"
+    # EMA of the weights used for evaluation and export; 0 disables it.
+    ema_decay: float = 0.9999
+    # "auto": mixed_bfloat16 on TPU, mixed_float16 on GPU, float32 on CPU.
+    mixed_precision: str = "auto"
+    # "auto": XLA on TPU and GPU; off on CPU (see README for the measurement).
+    jit_compile: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    keep_checkpoints: int = 3
+    init_checkpoint: str = ""
+    # Stop the run when a loss is NaN or Inf, leaving the last good checkpoint.
+    stop_on_nan: bool = True
+
+
+@dataclasses.dataclass
+class ProgressiveConfig:
+    """Progressive learning (PAPER.md section 1); None takes the variant's range end."""
+
+    enabled: bool = True
+    num_stages: int = 4
+    image_size_start: typing.Optional[int] = None
+    image_size_end: typing.Optional[int] = None
+    randaug_start: typing.Optional[float] = None
+    randaug_end: typing.Optional[float] = None
+    mixup_start: typing.Optional[float] = None
+    mixup_end: typing.Optional[float] = None
+    dropout_start: typing.Optional[float] = None
+    dropout_end: typing.Optional[float] = None
+    # Round stage image sizes to a multiple of this (0: no rounding); the last stage is exact.
+    round_image_size_to: int = 8
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    # None: the variant's evaluation size.
+    image_size: typing.Optional[int] = None
+    batch_size: int = 64
+    # None: the whole evaluation split.
+    steps: typing.Optional[int] = None
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    progressive: ProgressiveConfig = dataclasses.field(default_factory=ProgressiveConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "train.optimizer": ("rmsprop", "sgd", "adamw"),
+    "train.lr_schedule": ("exponential", "cosine", "constant"),
+    "train.loss": ("softmax", "sigmoid"),
+    "train.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "train.jit_compile": ("auto", "true", "false"),
+}
+
+
+def _all_keys(node=None, prefix=""):
+    node = node if node is not None else Config()
+    keys = []
+    for field in dataclasses.fields(node):
+        value = getattr(node, field.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{field.name}.")
+        else:
+            keys.append(f"{prefix}{field.name}")
+    return keys
+
+
+def _unknown_key(key, valid):
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} (valid keys: see hparams/config.py)")
+
+
+def _coerce(key, value, annotation):
+    """``value`` converted to the field's type, or ConfigError naming key and value."""
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
+    base = [a for a in typing.get_args(annotation) if a is not type(None)][0] if optional else annotation
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"config key {key!r} may not be None")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, bool):
+            value = str(value).lower()
+        if isinstance(value, (str, int, float)):
+            value = str(value).strip()
+            choices = CHOICES.get(key)
+            if choices and value.lower() not in choices:
+                raise ConfigError(f"config key {key!r} got {value!r}; expected one of {list(choices)}")
+            return value.lower() if choices else value
+    raise ConfigError(
+        f"config key {key!r} expects {getattr(base, '__name__', base)}"
+        f"{' or None' if optional else ''}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _set(config, key, value):
+    valid = _all_keys()
+    if key not in valid:
+        raise _unknown_key(key, valid)
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+        node = getattr(node, part)
+    hints = typing.get_type_hints(type(node))
+    setattr(node, leaf, _coerce(key, value, hints[leaf]))
+
+
+def _flatten(tree, prefix="", source="config"):
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(tree).__name__}")
+    flat = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{key}.", source))
+        else:
+            flat[key] = value
+    return flat
+
+
+def apply_mapping(config, tree, source="config"):
+    """Applies a nested mapping (a parsed YAML file) onto ``config``; every key is checked."""
+    for key, value in _flatten(tree or {}, source=source).items():
+        try:
+            _set(config, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return config
+
+
+def read_yaml(path):
+    """A YAML file read with the safe loader (no Python objects can be constructed)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+
+
+def _split_top_level(text):
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_overrides(text):
+    """``"a.b=1, c.d=x"`` -> ``{"a.b": "1", "c.d": "x"}`` (values typed later, per key)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"overrides must be a str, got {type(text).__name__}")
+    overrides = {}
+    for item in _split_top_level(text):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        overrides[key] = value.strip()
+    return overrides
+
+
+def apply_overrides(config, overrides, source="--hparams"):
+    if isinstance(overrides, str):
+        overrides = parse_overrides(overrides)
+    for key, value in overrides.items():
+        try:
+            _set(config, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return config
+
+
+def named_config_path(name):
+    return os.path.join(HPARAMS_DIR, f"{name}.yaml")
+
+
+def dataset_config_name(dataset, data_dir):
+    """The named file applied for a dataset (``hparams/<name>.yaml``), or None."""
+    if dataset.startswith("tfds:"):
+        name = dataset.split(":", 1)[1]
+    elif dataset == "auto":
+        name = "synthetic" if not data_dir else None
+    else:
+        name = dataset
+    if name and os.path.isfile(named_config_path(name)):
+        return name
+    return None
+
+
+def load_config(dataset="auto", data_dir=None, hparams_file=None, overrides="", model=None):
+    """The merged config: defaults -> dataset file -> user file -> overrides (see module doc)."""
+    config = Config()
+    if model:
+        config.model.variant = model
+    config.data.dataset = dataset or "auto"
+    config.data.data_dir = data_dir or None
+    name = dataset_config_name(config.data.dataset, config.data.data_dir)
+    if name:
+        apply_mapping(config, read_yaml(named_config_path(name)), source=f"hparams/{name}.yaml")
+    if hparams_file:
+        apply_mapping(config, read_yaml(hparams_file), source=hparams_file)
+    if overrides:
+        apply_overrides(config, overrides)
+    return config
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def dump(config):
+    """The resolved config as YAML text (what is written to ``model_dir/config.yaml``)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def from_dict(tree, source="config"):
+    return apply_mapping(Config(), tree, source=source)
+
+
+def diff(a, b):
+    """Keys whose values differ between two configs: ``{key: (a_value, b_value)}``."""
+    fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def _rule(key, value, rule):
+    return ConfigError(f"config key {key!r} = {value!r}: {rule}")
+
+
+def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_multiple=1):
+    """Checks the rules between values; raises ConfigError naming the key, the value and the rule."""
+    positive = {
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "train.lr_base_batch_size": config.train.lr_base_batch_size,
+        "eval.batch_size": config.eval.batch_size,
+        "progressive.num_stages": config.progressive.num_stages,
+        "model.head_filters": config.model.head_filters,
+        "train.keep_checkpoints": config.train.keep_checkpoints,
+    }
+    optional_positive = {
+        "train.steps_per_epoch": config.train.steps_per_epoch,
+        "train.image_size": config.train.image_size,
+        "eval.image_size": config.eval.image_size,
+        "eval.steps": config.eval.steps,
+        "progressive.image_size_start": config.progressive.image_size_start,
+        "progressive.image_size_end": config.progressive.image_size_end,
+        "model.width": config.model.width,
+        "model.depth": config.model.depth,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise _rule(key, value, "must be > 0")
+    for key, value in optional_positive.items():
+        if value is not None and value <= 0:
+            raise _rule(key, value, "must be > 0 (or None for the default)")
+    for key, value in {
+        "train.lr_base": config.train.lr_base,
+        "train.warmup_epochs": config.train.warmup_epochs,
+        "train.weight_decay": config.train.weight_decay,
+        "train.lr_min": config.train.lr_min,
+        "data.mixup_alpha": config.data.mixup_alpha,
+        "data.cutmix_alpha": config.data.cutmix_alpha,
+        "data.randaug_magnitude": config.data.randaug_magnitude,
+        "data.randaug_num_layers": config.data.randaug_num_layers,
+        "progressive.round_image_size_to": config.progressive.round_image_size_to,
+    }.items():
+        if value < 0:
+            raise _rule(key, value, "must be >= 0")
+    for key, value in {
+        "train.label_smoothing": config.train.label_smoothing,
+        "train.ema_decay": config.train.ema_decay,
+        "model.drop_path_rate": config.model.drop_path_rate,
+        "model.bn_momentum": config.model.bn_momentum,
+        "train.lr_decay_rate": config.train.lr_decay_rate,
+    }.items():
+        if not 0 <= value < 1 and not (key == "train.lr_decay_rate" and value == 1):
+            raise _rule(key, value, "must be in [0, 1)")
+    if config.model.dropout_rate is not None and not 0 <= config.model.dropout_rate < 1:
+        raise _rule("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")
+    if config.train.lr_decay_epochs <= 0:
+        raise _rule("train.lr_decay_epochs", config.train.lr_decay_epochs, "must be > 0")
+    if config.train.batch_size % num_replicas:
+        raise _rule(
+            "train.batch_size",
+            config.train.batch_size,
+            f"must be divisible by the number of replicas ({num_replicas})",
+        )
+    if config.progressive.enabled and config.progressive.num_stages > config.train.epochs:
+        raise _rule(
+            "progressive.num_stages",
+            config.progressive.num_stages,
+            f"must be <= train.epochs ({config.train.epochs}): every stage needs at least one epoch",
+        )
+    if last_train_size is not None and eval_size is not None and eval_size < last_train_size:
+        raise _rule(
+            "eval.image_size",
+            eval_size,
+            f"must be >= the last training image size ({last_train_size})",
+        )
+    if size_multiple > 1:
+        for key, value in (("last training image size", last_train_size), ("eval.image_size", eval_size)):
+            if value is not None and value % size_multiple:
+                raise _rule(key, value, f"must be a multiple of {size_multiple} on this strategy")
+    return config

@@ -1,0 +1,125 @@
+"""EfficientNetV2 command line: train, evaluate, export, predict.
+
+This file is intentionally short: it reads the flags and calls the libraries, which are tested.
+
+    python main.py --mode=train --model=s                     # built-in synthetic data
+    python main.py --mode=train_and_eval --model=b0 --data_dir=/data/imagenette \
+        --hparams_file=hparams/imagenette.yaml
+    python main.py --mode=eval --model_dir=runs/...
+"""
+
+import datetime
+import os
+
+from absl import app, flags, logging
+
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval", "export", "predict"], "What to do.")
+flags.DEFINE_string("model", "s", "Variant: b0, b1, b2, b3, s, m, l, xl (or efficientnetv2-s, ...).")
+flags.DEFINE_string("dataset", "auto", "auto, synthetic, folder, imagenet, imagenet21k or tfds:<name>.")
+flags.DEFINE_string("data_dir", None, "Data folder; without it, the built-in synthetic dataset.")
+flags.DEFINE_string("model_dir", None, "Run folder (checkpoints, logs, config); default runs/<time>.")
+flags.DEFINE_string("hparams", "", 'Overrides, e.g. "train.epochs=30,train.batch_size=64".')
+flags.DEFINE_string("hparams_file", None, "A YAML file of overrides (only what differs).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "gpus", "tpu", "multiworker"], "tf.distribute strategy.")
+flags.DEFINE_string("tpu", "", "TPU name or address (TPU strategy).")
+flags.DEFINE_bool("allow_config_change", False, "Resume a run although its config changed.")
+flags.DEFINE_string("checkpoint", None, "A checkpoint path for eval/export (default: the latest).")
+flags.DEFINE_string("export_dir", None, "Where --mode=export writes (default: model_dir/export).")
+flags.DEFINE_multi_string("image", [], "Image files for --mode=predict.")
+FLAGS = flags.FLAGS
+
+
+def _model_dir():
+    if FLAGS.model_dir:
+        return FLAGS.model_dir
+    if FLAGS.mode not in ("train", "train_and_eval"):
+        raise app.UsageError(f"--mode={FLAGS.mode} needs --model_dir (the run to use)")
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _load_config(model_dir):
+    from hparams import config as config_lib
+
+    saved = os.path.join(model_dir, "config.yaml")
+    if FLAGS.mode in ("eval", "export", "predict") and os.path.isfile(saved):
+        # A finished run: its own config, with this command's overrides on top.
+        config = config_lib.from_dict(config_lib.read_yaml(saved), source=saved)
+        if FLAGS.data_dir:
+            config.data.data_dir = FLAGS.data_dir
+        if FLAGS.hparams:
+            config_lib.apply_overrides(config, FLAGS.hparams)
+        return config
+    return config_lib.load_config(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        hparams_file=FLAGS.hparams_file,
+        overrides=FLAGS.hparams,
+        model=FLAGS.model,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hparams.config import ConfigError
+
+    model_dir = _model_dir()
+    try:
+        config = _load_config(model_dir)
+    except ConfigError as e:
+        logging.error("%s", e)
+        return 2
+    logging.info("Model folder: %s", os.path.abspath(model_dir))
+
+    from efficientnetv2 import distribute, training
+
+    strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
+    try:
+        if FLAGS.mode in ("train", "train_and_eval"):
+            result = training.train(
+                config,
+                model_dir,
+                strategy,
+                evaluate_each_epoch=FLAGS.mode == "train_and_eval",
+                allow_config_change=FLAGS.allow_config_change,
+            )
+            logging.info("Training done: epoch %d; checkpoints in %s", result["epoch"],
+                         os.path.join(model_dir, "checkpoints"))
+            if FLAGS.mode == "train":
+                results = training.evaluate(config, model_dir, strategy)
+                logging.info("Evaluation (EMA weights, %d px): %s", results["image_size"], _fmt(results))
+        elif FLAGS.mode == "eval":
+            results = training.evaluate(config, model_dir, strategy, FLAGS.checkpoint)
+            print(f"top1 {results.get('top1', float('nan')):.4f} top5 {results.get('top5', float('nan')):.4f} "
+                  f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px)")
+        elif FLAGS.mode == "export":
+            from efficientnetv2 import export
+
+            export_dir = FLAGS.export_dir or os.path.join(model_dir, "export")
+            written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
+            for kind, path in written.items():
+                logging.info("Exported %s: %s", kind, path)
+        elif FLAGS.mode == "predict":
+            from efficientnetv2 import export
+
+            if not FLAGS.image:
+                raise app.UsageError("--mode=predict needs at least one --image")
+            for image, top5 in export.predict_files(config, model_dir, FLAGS.image, FLAGS.checkpoint):
+                print(image)
+                for name, prob in top5:
+                    print(f"  {prob:7.4f}  {name}")
+    except training.Preempted as e:
+        logging.warning("%s", e)
+        return training.PREEMPTED_EXIT_CODE
+    except (ConfigError, training.NonFiniteLoss, FileNotFoundError, ValueError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        return 1
+    return 0
+
+
+def _fmt(results):
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()) if isinstance(v, float))
+
+
+if __name__ == "__main__":
+    app.run(main)
