@@ -44,6 +44,7 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 def _crop_image(image: tf.Tensor, window_fn: Callable[[tf.Tensor], Window]) -> tf.Tensor:
     """Decode `image` if encoded, cropped to `window_fn(shape)`; uint8 [h, w, 3]."""
+    image = tf.convert_to_tensor(image)
     if image.dtype != tf.string:
         image = to_rgb(image)
         y, x, h, w = window_fn(tf.shape(image))

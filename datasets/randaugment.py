@@ -97,7 +97,8 @@ def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
 
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
     """Keep 8 - `bits` high bits: floor(x / 2^bits) * 2^bits; bits == 0 changes nothing."""
-    step = tf.pow(2.0, tf.cast(bits, tf.float32))
+    bits = tf.cast(bits, tf.float32)
+    step = tf.pow(2.0, bits)
     return tf.cond(bits > 0, lambda: tf.floor(image / step) * step, lambda: image)
 
 

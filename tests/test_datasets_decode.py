@@ -1,0 +1,122 @@
+"""datasets/decode.py: decoding, crops, flips, each eagerly and inside Dataset.map."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from datasets import decode
+from tests.datasets_helpers import (cmyk_jpeg_bytes, eager_and_mapped, jpeg_bytes, png_bytes,
+                                    smooth_image)
+
+SEED = np.array([3, 4], np.int64)
+
+
+def _encodings():
+    rgb = smooth_image(0)
+    gray = rgb[..., :1]
+    rgba = np.concatenate([rgb, np.full_like(rgb[..., :1], 200)], axis=-1)
+    return {"jpeg": (jpeg_bytes(rgb), rgb), "png": (png_bytes(rgb), rgb),
+            "gray_jpeg": (jpeg_bytes(gray), np.repeat(gray, 3, -1)),
+            "gray_png": (png_bytes(gray), np.repeat(gray, 3, -1)),
+            "rgba_png": (png_bytes(rgba), rgb)}
+
+
+@pytest.mark.parametrize("kind", sorted(_encodings()))
+def test_decode_rgb_gives_three_channels(kind):
+    data, expected = _encodings()[kind]
+    image = eager_and_mapped(decode.decode_rgb, data)
+    assert image.shape == expected.shape and image.dtype == np.uint8
+    tolerance = 6 if "jpeg" in kind else 0
+    assert np.abs(image.astype(int) - expected).mean() <= tolerance
+
+
+def test_decode_rgb_converts_cmyk_jpeg():
+    pytest.importorskip("PIL", reason="Pillow writes the CMYK JPEG")
+    rgb = smooth_image(1)
+    data = cmyk_jpeg_bytes(rgb)
+    assert tf.io.extract_jpeg_shape(data).numpy()[2] == 4
+    image = eager_and_mapped(decode.decode_rgb, data)
+    assert image.shape == rgb.shape
+    assert np.abs(image.astype(int) - rgb).mean() < 8  # Not inverted, not garbage.
+
+
+@pytest.mark.parametrize("kind", sorted(_encodings()))
+def test_random_resized_crop_shape_dtype_range(kind):
+    data, _ = _encodings()[kind]
+    image = eager_and_mapped(lambda d, s: decode.random_resized_crop(d, s, 24), data, SEED)
+    assert image.shape == (24, 24, 3) and image.dtype == np.float32
+    assert image.min() >= 0 and image.max() <= 255
+
+
+def test_random_resized_crop_jpeg_crop_decode_equals_full_decode_then_crop():
+    data = jpeg_bytes(smooth_image(2, 96, 128))
+    decoded = tf.io.decode_jpeg(data, channels=3)
+    for seed in range(5):
+        seed = np.array([seed, 1], np.int64)
+        from_bytes = decode.random_resized_crop(data, seed, 32).numpy()
+        from_pixels = decode.random_resized_crop(decoded, seed, 32).numpy()
+        np.testing.assert_allclose(from_bytes, from_pixels, atol=1.0)
+
+
+def test_random_resized_crop_is_a_function_of_the_seed():
+    data = jpeg_bytes(smooth_image(3, 96, 128))
+    first = decode.random_resized_crop(data, SEED, 32).numpy()
+    np.testing.assert_array_equal(first, decode.random_resized_crop(data, SEED, 32).numpy())
+    other = decode.random_resized_crop(data, np.array([9, 9], np.int64), 32).numpy()
+    assert np.abs(first - other).mean() > 1
+
+
+def test_random_crop_window_respects_area_and_aspect_ranges():
+    shape = tf.constant([300, 400, 3])
+    for i in range(40):
+        y, x, h, w = (int(v) for v in decode.random_crop_window(shape, tf.constant([i, 0]), 64))
+        assert 0 <= y and 0 <= x and y + h <= 300 and x + w <= 400
+        if (h, w) == (300, 400):
+            pytest.fail("whole image returned instead of the center-crop fallback")
+        area = h * w / (300 * 400)
+        assert 0.08 - 0.01 <= area <= 1.0
+        assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+
+
+def test_random_crop_window_falls_back_to_center_crop():
+    # 8 x 1000: no window of >= 8% area has an aspect ratio within [3/4, 4/3].
+    shape = tf.constant([8, 1000, 3])
+    window = [int(v) for v in decode.random_crop_window(shape, tf.constant([1, 2]), 32)]
+    assert window == [int(v) for v in decode.center_crop_window(shape, 32)]
+
+
+def test_center_crop_window_uses_crop_padding():
+    # image_size / (image_size + 32) of the short side: 32 / 64 * 100 = 50, centered.
+    assert [int(v) for v in decode.center_crop_window(tf.constant([100, 200, 3]), 32)] == [25, 75, 50, 50]
+
+
+def test_center_crop_keeps_the_center():
+    image = np.zeros([100, 200, 3], np.uint8)
+    image[25:75, 75:125] = [10, 200, 90]  # Exactly the center window of a 32 px crop.
+    for data in (png_bytes(image), image):
+        out = eager_and_mapped(lambda d: decode.center_crop(d, 32), data)
+        assert out.shape == (32, 32, 3)
+        np.testing.assert_allclose(out, np.broadcast_to([10, 200, 90], out.shape), atol=1e-3)
+
+
+def test_resize_returns_static_float_image():
+    out = eager_and_mapped(lambda i: decode.resize(i, 17), smooth_image(4))
+    assert out.shape == (17, 17, 3) and out.dtype == np.float32
+
+
+def test_random_flip_flips_some_seeds_and_not_others():
+    image = smooth_image(5).astype(np.float32)
+    flipped = 0
+    for i in range(20):
+        out = eager_and_mapped(decode.random_flip, image, np.array([i, 7], np.int64))
+        if np.array_equal(out, image[:, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(out, image)
+    assert 3 <= flipped <= 17
+
+
+def test_undecodable_bytes_raise():
+    for data in (b"", b"not an image", jpeg_bytes(smooth_image(6))[:200]):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            decode.random_resized_crop(tf.constant(data), SEED, 16).numpy()

@@ -1,0 +1,210 @@
+"""Sources and get_source: folder layouts, TFRecord formats, TFDS, detection, and the errors."""
+
+import os
+
+import pytest
+import tensorflow as tf
+
+import datasets
+from datasets import records
+from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image, write,
+                                    write_imagenet21k_shards, write_imagenet_shards)
+
+
+def _labels(dataset):
+    return [int(e["label"]) for e in dataset]
+
+
+# -- Folder. ----------------------------------------------------------------------------------
+
+def test_folder_with_train_and_val(tmp_path):
+    make_folder(str(tmp_path / "train"), {"zebra": 3, "ant": 2})
+    make_folder(str(tmp_path / "val"), {"zebra": 1, "ant": 1})
+    src = datasets.get_source("auto", str(tmp_path))
+    assert (src.name, src.class_names, src.num_classes, src.multi_label) == ("folder", ["ant", "zebra"], 2, False)
+    assert (src.num_examples("train"), src.num_examples("eval")) == (5, 2)
+    assert sorted(_labels(src.examples("train"))) == [0, 0, 1, 1, 1]
+
+
+def test_folder_accepts_validation_dir_and_any_case_extensions(tmp_path):
+    make_folder(str(tmp_path / "train"), {"a": 1, "b": 1}, extension=".JPEG")
+    make_folder(str(tmp_path / "train"), {"b": 1}, extension=".Png", seed=1)
+    write(str(tmp_path / "train" / "b" / "notes.txt"), b"not an image")
+    make_folder(str(tmp_path / "validation"), {"b": 2})
+    src = datasets.get_source("folder", str(tmp_path))
+    assert (src.num_examples("train"), src.num_examples("eval")) == (3, 2)
+    train_files = sorted(os.path.basename(e["id"].numpy().decode()) for e in src.examples("train"))
+    assert train_files == ["000.JPEG", "000.JPEG", "000.Png"]
+    assert _labels(src.examples("eval")) == [1, 1]
+
+
+def test_folder_without_splits_holds_out_every_tenth_file(tmp_path):
+    make_folder(str(tmp_path), {"a": 20, "b": 12})
+    src = datasets.get_source("auto", str(tmp_path))
+    assert (src.num_examples("train"), src.num_examples("eval")) == (29, 3)
+    eval_ids = [os.path.basename(e["id"].numpy().decode()) for e in src.examples("eval")]
+    assert eval_ids == ["009.jpg", "019.jpg", "009.jpg"]
+    train_ids = {e["id"].numpy() for e in src.examples("train")}
+    assert not train_ids & {e["id"].numpy() for e in src.examples("eval")}
+    assert "held out" in src.describe()
+
+
+@pytest.mark.parametrize("layout, error, message", [
+    ("missing", FileNotFoundError, "does not exist"),
+    ("empty", ValueError, "no class sub-folders"),
+    ("class_without_images", ValueError, "has no images"),
+    ("unknown_eval_class", ValueError, r"classes \['c'\]"),
+])
+def test_folder_errors_name_what_was_searched(tmp_path, layout, error, message):
+    root = tmp_path / "data"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "class_without_images":
+        make_folder(str(root), {"a": 10})
+        (root / "b").mkdir()
+        write(str(root / "b" / "readme.txt"), b"x")
+    if layout == "unknown_eval_class":
+        make_folder(str(root / "train"), {"a": 1, "b": 1})
+        make_folder(str(root / "val"), {"c": 1})
+    with pytest.raises(error, match=message) as raised:
+        datasets.get_source("folder", str(root))
+    assert str(root) in str(raised.value)
+
+
+def test_folder_too_small_for_a_holdout_is_an_error(tmp_path):
+    make_folder(str(tmp_path), {"a": 3})
+    with pytest.raises(ValueError, match="no eval images"):
+        datasets.get_source("folder", str(tmp_path))
+
+
+# -- ImageNet TFRecords. -------------------------------------------------------------------------
+
+def test_imagenet_records_labels_are_one_based_on_disk(tmp_path):
+    make_imagenet_dir(str(tmp_path), train=6, validation=3, num_classes=3)
+    src = datasets.get_source("auto", str(tmp_path))
+    assert (src.name, src.num_classes, src.class_names) == ("imagenet", 1000, None)
+    assert (src.num_examples("train"), src.num_examples("eval")) == (6, 3)
+    assert sorted(_labels(src.examples("train"))) == [0, 0, 1, 1, 2, 2]
+    raw = next(iter(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(str(tmp_path / "train-*"))))))
+    assert tf.train.Example.FromString(raw.numpy()).features.feature[records.LABEL_KEY].int64_list.value[0] == 1
+
+
+def test_imagenet_reads_class_names_from_labels_file(tmp_path):
+    make_imagenet_dir(str(tmp_path), num_classes=3)
+    records.write_labels_file(str(tmp_path), ["cat", "dog", "eel"])
+    src = datasets.get_source("imagenet", str(tmp_path))
+    assert (src.num_classes, src.class_names) == (3, ["cat", "dog", "eel"])
+    with pytest.raises(ValueError, match="num_classes=5 disagrees"):
+        datasets.get_source("imagenet", str(tmp_path), num_classes=5)
+
+
+def test_label_out_of_range_names_the_shard(tmp_path):
+    make_imagenet_dir(str(tmp_path), num_classes=3)
+    records.write_labels_file(str(tmp_path), ["cat", "dog"])  # Labels 0..2 but 2 classes.
+    src = datasets.get_source("imagenet", str(tmp_path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"label outside \[0, 2\).*train-0000"):
+        list(src.examples("train"))
+
+
+def test_label_zero_on_disk_is_out_of_range(tmp_path):
+    write_imagenet_shards(str(tmp_path), "train", [jpeg_bytes(smooth_image(0))], [-1], num_shards=1)
+    write_imagenet_shards(str(tmp_path), "validation", [jpeg_bytes(smooth_image(0))], [0], num_shards=1)
+    src = datasets.get_source("imagenet", str(tmp_path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="train-00000-of-00001:0"):
+        list(src.examples("train"))
+
+
+def test_imagenet_without_shards_says_which_pattern(tmp_path):
+    write_imagenet_shards(str(tmp_path), "train", [jpeg_bytes(smooth_image(0))], [0], num_shards=1)
+    with pytest.raises(FileNotFoundError, match=r"validation-\*.*matches no files"):
+        datasets.get_source("imagenet", str(tmp_path))
+
+
+def test_imagenet21k_gives_multi_hot_ids(tmp_path):
+    image = jpeg_bytes(smooth_image(0))
+    write_imagenet21k_shards(str(tmp_path), "train", [image] * 3, [[0, 4], [2], []])
+    write_imagenet21k_shards(str(tmp_path), "validation", [image], [[1, 3]])
+    src = datasets.get_source("imagenet21k", str(tmp_path), num_classes=5)
+    assert (src.name, src.multi_label, src.num_classes) == ("imagenet21k", True, 5)
+    assert [list(e["label"].numpy()) for e in src.examples("train")] == [[0, 4], [2], []]
+    assert datasets.get_source("imagenet21k", str(tmp_path)).num_classes == 21843
+    with pytest.raises(tf.errors.InvalidArgumentError, match="img0"):
+        list(datasets.get_source("imagenet21k", str(tmp_path), num_classes=3).examples("train"))
+
+
+# -- TFDS. -------------------------------------------------------------------------------------
+
+def _tiny_tfds_builder():
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class DatasetsTestTiny(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(6), "test": self._generate_examples(3)}
+
+        def _generate_examples(self, count):
+            for i in range(count):
+                yield i, {"image": smooth_image(i, 20, 24), "label": i % 3}
+
+    return DatasetsTestTiny
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+    pytest.importorskip("importlib_resources", reason="TFDS needs it (etils[epath]) to prepare data")
+    builder = _tiny_tfds_builder()(data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    src = datasets.get_source("tfds:datasets_test_tiny", str(tmp_path))
+    assert (src.num_classes, src.class_names) == (3, ["red", "green", "blue"])
+    assert (src.num_examples("train"), src.num_examples("eval")) == (6, 3)
+    example = next(iter(src.examples("train")))
+    assert example["image"].dtype == tf.string  # Still encoded: our decoder crops it.
+    assert sorted(_labels(src.examples("train", seed=tf.constant([1, 2], tf.int64)))) == [0, 0, 1, 1, 2, 2]
+
+
+def test_tfds_errors(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(FileNotFoundError, match="not prepared.*never downloads"):
+        datasets.get_source("tfds:mnist", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
+        datasets.get_source("tfds:no_such_dataset_xyz", str(tmp_path))
+
+
+# -- get_source. -------------------------------------------------------------------------------
+
+def test_auto_without_data_dir_is_synthetic_and_says_so():
+    src = datasets.get_source()
+    assert (src.name, src.num_classes) == ("synthetic", 10)
+    assert "SYNTHETIC" in src.describe() and "--data_dir" in src.describe()
+
+
+def test_unknown_dataset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet1k'.*'folder'.*'tfds:<name>'"):
+        datasets.get_source("imagenet1k", "/tmp")
+
+
+@pytest.mark.parametrize("dataset, data_dir, error, message", [
+    ("imagenet", None, ValueError, "needs data_dir"),
+    ("synthetic", "/tmp", ValueError, "reads no files"),
+    ("auto", "/no/such/dir", FileNotFoundError, "'/no/such/dir' does not exist"),
+])
+def test_get_source_argument_errors(dataset, data_dir, error, message):
+    with pytest.raises(error, match=message):
+        datasets.get_source(dataset, data_dir)
+
+
+def test_auto_on_a_folder_with_only_files_explains_what_it_looked_for(tmp_path):
+    write(str(tmp_path / "image.jpg"), jpeg_bytes(smooth_image(0)))
+    with pytest.raises(ValueError, match=r"train-\*.*class sub-folders"):
+        datasets.get_source("auto", str(tmp_path))
+
+
+def test_split_names_are_checked():
+    with pytest.raises(ValueError, match=r"unknown split 'validation'; expected one of \['train', 'eval'\]"):
+        datasets.get_source().num_examples("validation")
+
