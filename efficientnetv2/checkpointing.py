@@ -58,10 +58,13 @@ class RunCheckpoint:
     def position(self):
         return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
 
-    def save(self, epoch, step_in_epoch=0):
+    def save(self, epoch, step_in_epoch=0, global_step=None):
+        """Saves as ``ckpt-<global_step>`` (the optimizer's step count when not given)."""
         self.epoch.assign(epoch)
         self.step_in_epoch.assign(step_in_epoch)
-        path = self.manager.save()
+        if global_step is None:
+            global_step = int(self.checkpoint.optimizer.iterations.numpy())
+        path = self.manager.save(checkpoint_number=global_step)
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
             return None

@@ -282,11 +282,12 @@ def _finite_logs(logs):
 
 
 def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_config_change=False,
-          verbose="auto", max_epochs=None):
+          verbose="auto", max_epochs=None, callbacks=()):
     """Trains (and with ``evaluate_each_epoch`` evaluates after each epoch, keeping the best checkpoint).
 
     ``max_epochs`` stops after that many epochs of this call (for tests and benchmarks); a later call
-    with the same ``model_dir`` continues. Returns a dict of the final epoch's logs (and evaluation).
+    with the same ``model_dir`` continues. ``callbacks`` are extra Keras callbacks, run after the
+    trainer's own. Returns a dict with the model, optimizer, plan, epoch and the last epoch's logs.
     """
     strategy = strategy or tf.distribute.get_strategy()
     device = distribute.device_kind(strategy)
@@ -361,14 +362,14 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
         data = strategy.distribute_datasets_from_function(fn)
         monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
         previous_handler = _install_sigterm(monitor)
-        callbacks = [stage_callback, monitor] + ([tensorboard] if tensorboard else [])
+        epoch_callbacks = [stage_callback, monitor] + ([tensorboard] if tensorboard else []) + list(callbacks)
         try:
             history = model.fit(
                 data,
                 initial_epoch=epoch,
                 epochs=epoch + 1,
                 steps_per_epoch=plan.steps_per_epoch - skip,
-                callbacks=callbacks,
+                callbacks=epoch_callbacks,
                 verbose=verbose if chief else 0,
                 shuffle=False,
             )
@@ -398,7 +399,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
             logs.update({f"eval_{k}": v for k, v in results.items()})
             if best is not None and results.get("top1", -1.0) > best_top1:
                 best_top1 = results["top1"]
-                best.save(checkpoint_number=epoch)
+                best.save(checkpoint_number=int(optimizer.iterations.numpy()))
         logging.info(
             "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
             epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,

@@ -1,0 +1,135 @@
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hparams import config as config_lib
+from hparams.config import Config, ConfigError
+
+
+def test_defaults_are_the_papers_imagenet_recipe():
+    c = Config()
+    t = c.train
+    assert (t.epochs, t.batch_size, t.lr_base, t.lr_base_batch_size) == (350, 4096, 0.256, 4096)
+    assert (t.optimizer, t.rmsprop_rho, t.momentum, t.epsilon) == ("rmsprop", 0.9, 0.9, 1e-3)
+    assert (t.lr_decay_rate, t.lr_decay_epochs, t.weight_decay, t.label_smoothing) == (0.97, 2.4, 1e-5, 0.1)
+    assert t.ema_decay == 0.9999
+    assert (c.model.bn_momentum, c.model.drop_path_rate) == (0.99, 0.2)
+    assert (c.progressive.enabled, c.progressive.num_stages) == (True, 4)
+
+
+def test_merge_order_defaults_dataset_file_overrides(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("train:\n  epochs: 7\n  batch_size: 32\n")
+    c = config_lib.load_config(dataset="synthetic", hparams_file=str(user), overrides="train.epochs=9", model="b0")
+    assert c.model.variant == "b0"
+    assert c.train.steps_per_epoch == 20          # from hparams/synthetic.yaml
+    assert c.train.batch_size == 32               # the user file beats the dataset file
+    assert c.train.epochs == 9                    # the command line beats the file
+    assert c.train.lr_base == 0.256               # untouched default
+
+
+def test_auto_dataset_without_data_dir_uses_the_synthetic_config():
+    assert config_lib.load_config().train.epochs == 4
+    assert config_lib.load_config(data_dir="/somewhere").train.epochs == 350
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagenet21k", "cifar10", "cifar100", "synthetic", "imagenette"])
+def test_every_named_file_loads(name):
+    c = config_lib.apply_mapping(Config(), config_lib.read_yaml(config_lib.named_config_path(name)), source=name)
+    config_lib.validate(c)
+
+
+def test_tfds_dataset_picks_its_named_file():
+    assert config_lib.load_config(dataset="tfds:cifar10", data_dir="/tfds").train.batch_size == 512
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("train.epoch=3", r"unknown config key 'train.epoch'; did you mean 'train.epochs'"),
+        ("trian.epochs=3", r"unknown config key 'trian.epochs'; did you mean 'train.epochs'"),
+        ("train.epochs=three", r"'train.epochs' expects int, got 'three'"),
+        ("train.epochs=2.5", r"'train.epochs' expects int, got '2.5'"),
+        ("train.lr_base=fast", r"'train.lr_base' expects float"),
+        ("progressive.enabled=maybe", r"'progressive.enabled' expects bool"),
+        ("train.optimizer=lamb", r"'train.optimizer' got 'lamb'; expected one of \['rmsprop', 'sgd', 'adamw'\]"),
+        ("train.epochs", r"not of the form key=value"),
+        ("train.epochs=None", r"'train.epochs' expects int, got 'None'"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.load_config(overrides=overrides)
+
+
+def test_bad_file_key_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'train.epochz'"):
+        config_lib.load_config(hparams_file=str(bad))
+
+
+def test_yaml_is_read_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("train:\n  epochs: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_lib.load_config(hparams_file=str(evil))
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_lib.load_config(hparams_file="/no/such.yaml")
+
+
+def test_optional_values_accept_none():
+    c = config_lib.load_config(overrides="train.steps_per_epoch=None,model.width=1.5,eval.image_size=null")
+    assert c.train.steps_per_epoch is None and c.model.width == 1.5 and c.eval.image_size is None
+
+
+def test_values_with_commas_inside_brackets():
+    assert config_lib.parse_overrides("model.blocks=[a,b], train.epochs=2") == {
+        "model.blocks": "[a,b]", "train.epochs": "2"}
+
+
+def test_dump_round_trip():
+    c = config_lib.load_config(overrides="train.epochs=12,model.variant=m")
+    again = config_lib.from_dict(config_lib.yaml.safe_load(config_lib.dump(c)))
+    assert again == c
+    assert config_lib.diff(c, again) == {}
+    again.train.epochs = 13
+    assert config_lib.diff(c, again) == {"train.epochs": (12, 13)}
+
+
+@pytest.mark.parametrize(
+    "overrides, kwargs, message",
+    [
+        ("train.epochs=0", {}, r"'train.epochs' = 0: must be > 0"),
+        ("train.batch_size=-8", {}, r"'train.batch_size' = -8: must be > 0"),
+        ("train.steps_per_epoch=0", {}, r"'train.steps_per_epoch' = 0: must be > 0"),
+        ("train.image_size=-1", {}, r"'train.image_size' = -1: must be > 0"),
+        ("train.batch_size=30", dict(num_replicas=4), r"'train.batch_size' = 30: must be divisible by the number of replicas \(4\)"),
+        ("train.label_smoothing=1.5", {}, r"'train.label_smoothing' = 1.5: must be in \[0, 1\)"),
+        ("train.epochs=3", {}, r"'progressive.num_stages' = 4: must be <= train.epochs \(3\)"),
+        ("", dict(last_train_size=300, eval_size=256), r"'eval.image_size' = 256: must be >= the last training image size \(300\)"),
+        ("", dict(last_train_size=300, eval_size=384, size_multiple=8), r"'last training image size' = 300: must be a multiple of 8"),
+    ],
+)
+def test_validate_rules(overrides, kwargs, message):
+    c = config_lib.load_config(data_dir="/x", overrides=overrides)
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(c, **kwargs)
+
+
+_keys = st.sampled_from(config_lib._all_keys() + ["train.nope", "x", "", "model..variant"])
+_values = st.text(alphabet="abc0123456789.-eE_ ,[]=", max_size=12) | st.sampled_from(
+    ["true", "false", "None", "1e-3", "-1", "0", "inf", "nan"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_keys, _values), max_size=4), st.text(max_size=20))
+def test_property_override_parser_parses_or_raises_config_error(pairs, junk):
+    text = ",".join(f"{k}={v}" for k, v in pairs) + ("," + junk if junk else "")
+    try:
+        c = config_lib.load_config(data_dir="/x", overrides=text)
+    except ConfigError:
+        return
+    assert isinstance(c, Config)

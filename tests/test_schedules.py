@@ -1,0 +1,108 @@
+import math
+
+import numpy as np
+import pytest
+
+from efficientnetv2 import schedules
+from efficientnetv2.schedules import ProgressiveSpec, stage_epochs, stage_params
+from efficientnetv2.variants import get_variant
+
+
+def _spec(name, round_to=0):
+    v = get_variant(name)
+    return ProgressiveSpec(
+        image_size=(v.image_size.start, v.image_size.end),
+        randaug_magnitude=(v.randaug_magnitude.start, v.randaug_magnitude.end),
+        mixup_alpha=(v.mixup_alpha.start, v.mixup_alpha.end),
+        dropout_rate=(v.dropout.start, v.dropout.end),
+        round_image_size_to=round_to,
+    )
+
+
+@pytest.mark.parametrize(
+    "variant, stage, size, randaug, mixup, dropout",
+    [
+        # The paper's endpoints (PAPER.md section 1): stage 0 at S_0, the last stage at S_e.
+        ("s", 0, 128, 5, 0, 0.1), ("s", 3, 300, 15, 0, 0.3),
+        ("m", 0, 128, 5, 0, 0.1), ("m", 3, 380, 20, 0.2, 0.4),
+        ("l", 0, 128, 5, 0, 0.1), ("l", 3, 380, 25, 0.4, 0.5),
+        # In between: S_i = S_0 + (S_e - S_0) * i / (M - 1), no rounding.
+        ("s", 1, 185, 5 + 10 / 3, 0, 0.1 + 0.2 / 3), ("s", 2, 243, 5 + 20 / 3, 0, 0.1 + 0.4 / 3),
+        ("l", 1, 212, 5 + 20 / 3, 0.4 / 3, 0.1 + 0.4 / 3),
+    ],
+)
+def test_stage_params_table(variant, stage, size, randaug, mixup, dropout):
+    p = stage_params(stage, 4, _spec(variant))
+    assert p.image_size == size
+    assert p.randaug_magnitude == pytest.approx(randaug)
+    assert p.mixup_alpha == pytest.approx(mixup)
+    assert p.dropout_rate == pytest.approx(dropout)
+
+
+def test_rounding_to_multiple_of_8_keeps_last_stage_exact():
+    sizes = [stage_params(i, 4, _spec("s", 8)).image_size for i in range(4)]
+    assert sizes == [128, 184, 240, 300]
+
+
+def test_single_stage_is_the_end_values():
+    p = stage_params(0, 1, _spec("m"))
+    assert (p.image_size, p.randaug_magnitude, p.mixup_alpha, p.dropout_rate) == (380, 20, 0.2, 0.4)
+
+
+@pytest.mark.parametrize("stage, stages", [(-1, 4), (4, 4), (0, 0)])
+def test_bad_stage(stage, stages):
+    with pytest.raises(ValueError):
+        stage_params(stage, stages, _spec("s"))
+
+
+@pytest.mark.parametrize(
+    "epochs, stages, expected",
+    [(350, 4, [(0, 87), (87, 174), (174, 262), (262, 350)]),  # 87, 87, 88, 88
+     (8, 4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
+     (10, 4, [(0, 2), (2, 4), (4, 7), (7, 10)]),
+     (5, 1, [(0, 5)])],
+)
+def test_stage_epochs_remainder_goes_to_last_stages(epochs, stages, expected):
+    assert stage_epochs(epochs, stages) == expected
+    assert schedules.stage_of_epoch(expected[-1][0], epochs, stages) == stages - 1
+
+
+def test_stage_epochs_refuses_more_stages_than_epochs():
+    with pytest.raises(ValueError, match="cannot split 3 epochs into 4 stages"):
+        stage_epochs(3, 4)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.0),
+        (50, 0.256 * 0.5 / 5),              # warmup: linear from 0
+        (500, 0.256),                        # end of warmup
+        (500 + 240 - 1, 0.256),              # staircase: the first decay at 2.4 epochs after warmup
+        (500 + 240, 0.256 * 0.97),
+        (500 + 2400, 0.256 * 0.97 ** 10),
+    ],
+)
+def test_exponential_learning_rate_table(step, expected):
+    kwargs = dict(steps_per_epoch=100, peak=0.256, warmup_epochs=5, decay_rate=0.97, decay_epochs=2.4)
+    assert schedules.learning_rate(step, **kwargs) == pytest.approx(expected)
+    keras_value = float(schedules.LearningRateSchedule(**kwargs)(step))
+    assert keras_value == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_cosine_learning_rate():
+    kwargs = dict(steps_per_epoch=10, peak=1.0, warmup_epochs=1, schedule="cosine", total_epochs=11, minimum=0.01)
+    values = [schedules.learning_rate(s, **kwargs) for s in (10, 60, 110, 200)]
+    assert values[0] == pytest.approx(1.0)
+    assert values[1] == pytest.approx(0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 0.5)))
+    assert values[2] == pytest.approx(0.01) and values[3] == pytest.approx(0.01)
+    keras_values = [float(schedules.LearningRateSchedule(**kwargs)(s)) for s in (10, 60, 110, 200)]
+    np.testing.assert_allclose(keras_values, values, rtol=1e-5)
+
+
+def test_schedule_serializes():
+    s = schedules.LearningRateSchedule(steps_per_epoch=7, peak=0.1, schedule="cosine")
+    again = schedules.LearningRateSchedule.from_config(s.get_config())
+    assert again.get_config() == s.get_config()
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        schedules.LearningRateSchedule(steps_per_epoch=7, peak=0.1, schedule="linear")

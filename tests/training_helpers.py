@@ -1,0 +1,34 @@
+"""A tiny training config shared by the training, progressive and fault tests."""
+
+from hparams import config as config_lib
+
+TINY_BLOCKS = "r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_c1,r1_k3_s2_e2_i16_o16_se0.25"
+
+
+def tiny_config(**overrides):
+    """Synthetic data, a 3-block model, 32-48 px, a few steps per epoch: seconds per epoch on a CPU."""
+    config = config_lib.load_config(dataset="synthetic", model="s")
+    settings = {
+        "model.blocks": TINY_BLOCKS,
+        "model.head_filters": 32,
+        "model.bn_momentum": 0.9,
+        "model.drop_path_rate": 0.2,
+        "train.epochs": 4,
+        "train.batch_size": 8,
+        "train.steps_per_epoch": 3,
+        "train.warmup_epochs": 1.0,
+        "train.ema_decay": 0.9,
+        "train.seed": 1,
+        "progressive.num_stages": 2,
+        "progressive.image_size_start": 32,
+        "progressive.image_size_end": 48,
+        "progressive.randaug_start": 1,
+        "progressive.randaug_end": 5,
+        "progressive.dropout_start": 0.0,
+        "progressive.dropout_end": 0.3,
+        "eval.image_size": 48,
+        "eval.batch_size": 16,
+        "eval.steps": 2,
+    }
+    settings.update(overrides)
+    return config_lib.apply_overrides(config, {k: str(v) for k, v in settings.items()})
