@@ -253,9 +253,15 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 
     check_magnitude(magnitude)
     m = tf.cast(magnitude, tf.float32)
     ops = list(AUGMENTATIONS.values())
-    for layer in range(num_layers):
-        choice_seed, op_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, layer), 2))
+
+    def layer(index, image):  # A loop, not unrolled: the 14 ops are traced once, not per layer.
+        choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(seed, index), 2))
         choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), dtype=tf.int32)
         image = tf.switch_case(choice, [lambda op=op: op(image, m, op_seed) for op in ops])
+        return index + 1, tf.ensure_shape(image, image_shape)
+
+    image = tf.convert_to_tensor(image, tf.float32)
+    image_shape = image.shape
+    _, image = tf.while_loop(lambda index, _: index < num_layers, layer, [0, image])
     return image
