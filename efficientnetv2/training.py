@@ -176,7 +176,30 @@ def _compile(config, plan, model):
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
     optimizer.build(model.trainable_variables)
+    # Keras 3.15 builds the compiled loss and metrics from the first distributed batch, reduced with
+    # strategy.reduce, which fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+    # (PerReplica...)"). Build them here from a symbolic batch instead, and skip that step in fit.
+    model._symbolic_build(data_batch=(
+        keras.KerasTensor((1, 32, 32, 3), "float32"),
+        keras.KerasTensor((1, plan.num_classes), "float32"),
+    ))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        _give_logs_a_batch_axis(model)
     return optimizer
+
+
+def _give_logs_a_batch_axis(model):
+    """Keras 3.15 reduces the step's logs with ``strategy.reduce("MEAN", v, axis=0)`` under
+    MultiWorkerMirroredStrategy, which fails on scalars ("Invalid reduction dimension 0"). Logs of
+    shape [1] reduce to the global mean over workers, a scalar, as on every other strategy."""
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+
+        def with_axis(data, _step=step):
+            return {k: keras.ops.expand_dims(v, 0) for k, v in _step(data).items()}
+
+        setattr(model, name, with_axis)
 
 
 def _setup_precision_and_seed(config, plan):
