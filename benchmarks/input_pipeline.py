@@ -13,7 +13,8 @@ folder, or into/from --tfrecord_dir), then times, at each --image_sizes:
 
 Throughput is images per wall second, and images per CPU-second of this process (user + system
 time of all its threads): the per-core figure, fair when the machine is shared.  The first
---warmup_batches of each pipeline are not timed.
+--warmup_batches of each pipeline are not timed; the Keras baselines, far slower, time
+--baseline_batches after one warm-up batch.
 """
 
 import argparse
@@ -62,24 +63,28 @@ def with_layer(dataset: tf.data.Dataset, layer) -> tf.data.Dataset:
 
 
 def pipelines(src, args, image_size: int):
-    """(name, dataset) pairs to time at image_size."""
+    """(name, dataset, timed batches, warm-up batches) to time at image_size."""
     factor = args.magnitude / 30.0
-    yield "ours: decode+crop+flip", cropped_batches(src, args.batch_size, image_size)
+    ours = (args.num_batches, args.warmup_batches)
+    yield ("ours: decode+crop+flip", cropped_batches(src, args.batch_size, image_size), *ours)
     yield (f"ours: + RandAugment(m={args.magnitude:g}) + mixup({args.mixup_alpha:g})",
            datasets.build_train_dataset(src, batch_size=args.batch_size, image_size=image_size,
                                         randaug_magnitude=args.magnitude,
-                                        mixup_alpha=args.mixup_alpha))
+                                        mixup_alpha=args.mixup_alpha), *ours)
     if args.skip_baselines:
         return
+    baseline = (args.baseline_batches, 1)
     import keras
     yield (f"keras.layers.RandAugment(factor={factor:.2f})",
            with_layer(cropped_batches(src, args.batch_size, image_size),
-                      keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=factor, seed=0)))
+                      keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=factor, seed=0)),
+           *baseline)
     import keras_cv
     yield (f"keras_cv.layers.RandAugment(magnitude={factor:.2f})",
            with_layer(cropped_batches(src, args.batch_size, image_size),
                       keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=2,
-                                                  magnitude=factor, seed=0)))
+                                                  magnitude=factor, seed=0)),
+           *baseline)
 
 
 def main() -> int:
@@ -92,6 +97,8 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_batches", type=int, default=20, help="timed batches per pipeline")
     parser.add_argument("--warmup_batches", type=int, default=3)
+    parser.add_argument("--baseline_batches", type=int, default=4,
+                        help="timed batches of the Keras baselines (after 1 warm-up; they are slow)")
     parser.add_argument("--magnitude", type=float, default=15.0)
     parser.add_argument("--mixup_alpha", type=float, default=0.2)
     parser.add_argument("--skip_baselines", action="store_true",
@@ -112,14 +119,15 @@ def main() -> int:
         cores = len(os.sched_getaffinity(0))
         print(f"TensorFlow {tf.__version__}, {cores} CPU cores available to this process "
               f"(tf.data uses its default thread pool: one thread per core), batch "
-              f"{args.batch_size}, {args.num_batches} timed batches after {args.warmup_batches} "
-              f"warm-up, {src.num_examples('train')} imagenette JPEGs (~224x224) in TFRecords")
+              f"{args.batch_size}; timed batches after warm-up: ours {args.num_batches} after "
+              f"{args.warmup_batches}, Keras baselines {args.baseline_batches} after 1; "
+              f"{src.num_examples('train')} imagenette JPEGs (~224x224) in TFRecords")
         header = f"| {'pipeline':52s} | size | images/s | CPU s | images per CPU-s (per core) |"
         print(header)
         print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
         for image_size in (int(s) for s in args.image_sizes.split(",")):
-            for name, dataset in pipelines(src, args, image_size):
-                images, wall, cpu = measure(dataset, args.num_batches, args.warmup_batches)
+            for name, dataset, batches, warmup in pipelines(src, args, image_size):
+                images, wall, cpu = measure(dataset, batches, warmup)
                 print(f"| {name:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
                       f"{images / cpu:27.0f} |", flush=True)
     print(f"skipped undecodable images: {datasets.skipped_images()}")

@@ -107,7 +107,7 @@ def eager_and_mapped(fn, *inputs):
     big_vision's rule: ops behave differently in graph mode often enough to test both.
     """
     eager = tf.nest.map_structure(lambda t: np.asarray(t), fn(*inputs))
-    dataset = tf.data.Dataset.from_tensors(tuple(tf.convert_to_tensor(i) for i in inputs)).map(fn)
+    dataset = tf.data.Dataset.from_tensors(tf.nest.map_structure(tf.convert_to_tensor, inputs)).map(fn)
     mapped = tf.nest.map_structure(lambda t: t.numpy(), next(iter(dataset)))
     tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4), eager, mapped)
     return eager
