@@ -1,0 +1,558 @@
+"""Pretrained weights into a built model: our runs, keras.applications files, the reference release.
+
+``load_pretrained(model, path, variant)`` reads three formats and finds which one ``path`` holds:
+
+1. Our own checkpoints (``RunCheckpoint``): a run folder (``model_dir``, using
+   ``model_dir/checkpoints``' latest), a checkpoints folder, or a checkpoint prefix
+   (``.../ckpt-1200``). Variables are matched by their Keras path (``block3a/se/se_reduce/kernel``),
+   read from the checkpoint's object graph; the EMA weights kept in the optimizer
+   (``<optimizer>/block3a_se_se_reduce_kernel_average``) are used when present.
+2. keras.applications EfficientNetV2 weight files: ``.h5`` as distributed (legacy layout) or Keras 3
+   ``.weights.h5``. The keras.applications model of ``variant`` is built with ``weights=None``, the
+   file is loaded into it with ``load_weights`` (which checks its structure), and its layers are
+   copied into ours by the names of ``keras_applications.layer_map``.
+3. The reference release's TF checkpoints (a prefix, a folder, or the released ``.tgz``), whose
+   variables are named ``efficientnetv2-s/blocks_7/conv2d_1/kernel`` and so on (see
+   ``reference_names``); their ``/ExponentialMovingAverage`` copies are used when present.
+
+Every format goes through one strict assignment (``_assign``): every backbone weight of the model must
+be found with its exact shape, and the source must hold no backbone weights the model lacks, else a
+``ValueError`` names what is missing, extra or of the wrong shape and nothing is assigned (no silent
+partial load). Only the classifier (``predictions``) may be left out: when the source's class count
+differs from the model's, or the source has no classifier, the head keeps its initialization and the
+log says so.
+
+Archives (``.tar``, ``.tgz``, ``.tar.gz``) are unpacked into a temporary folder by ``safe_extract``,
+which refuses members with absolute paths, ``..`` components, links that point outside the folder and
+special files, before extracting anything.
+"""
+
+import dataclasses
+import os
+import shutil
+import tarfile
+import tempfile
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from efficientnetv2.blocks import FusedMBConv, MBConv
+from efficientnetv2.keras_applications import build_keras_application, layer_map
+from efficientnetv2.variants import get_variant
+
+__all__ = [
+    "load_pretrained",
+    "read_run_checkpoint",
+    "assign_run_checkpoint",
+    "find_checkpoint",
+    "reference_names",
+    "safe_extract",
+    "UnsafeArchiveError",
+    "RunCheckpointWeights",
+]
+
+HEAD_LAYER = "predictions"
+_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+_REFERENCE_EMA = "/ExponentialMovingAverage"
+# Variable names a model weight can end with (optimizer slots such as ``kernel/RMSProp`` do not).
+_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would land outside the extraction folder, or is not a plain file/folder."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The strict assignment shared by every format.
+
+
+@dataclasses.dataclass
+class _Slot:
+    variable: object  # a Keras variable of the model
+    key: str  # its name in the source
+    head: bool  # part of the classifier
+
+
+def _assign(slots, fetch, source_keys, origin, model_name, extra_ok=()):
+    """Assigns ``fetch(slot.key)`` to every slot's variable, or raises without assigning anything.
+
+    ``source_keys`` are the source's weight names, to find weights the model lacks; ``fetch`` returns
+    an array or None. Returns a report: loaded and skipped variable paths and the reason for a skip.
+    """
+    missing, wrong, head_problems = [], [], []
+    values = []
+    for slot in slots:
+        value = fetch(slot.key)
+        if value is None:
+            (head_problems if slot.head else missing).append(f"{slot.key} (absent)")
+            continue
+        value = np.asarray(value)
+        if tuple(value.shape) != tuple(slot.variable.shape):
+            problem = f"{slot.key}: {tuple(value.shape)} in the source, {tuple(slot.variable.shape)} in the model"
+            (head_problems if slot.head else wrong).append(problem)
+            continue
+        values.append((slot, value))
+    used = {slot.key for slot in slots}
+    extra = sorted(k for k in source_keys if k not in used and k not in extra_ok)
+    if missing or wrong or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} backbone weight(s) missing: {_few(missing)}")
+        if wrong:
+            parts.append(f"{len(wrong)} of the wrong shape: {_few(wrong)}")
+        if extra:
+            parts.append(f"{len(extra)} weight(s) the model does not have: {_few(extra)}")
+        raise ValueError(
+            f"{origin} does not match model {model_name!r}: {'; '.join(parts)}. Is it a checkpoint of "
+            "another variant or architecture? Nothing was loaded."
+        )
+    skipped_reason = None
+    if head_problems:
+        skipped_reason = (
+            f"classifier head not loaded ({'; '.join(head_problems)}): the model's "
+            f"{HEAD_LAYER!r} layer keeps its initialization"
+        )
+        values = [(slot, value) for slot, value in values if not slot.head]
+    for slot, value in values:
+        slot.variable.assign(value.astype(slot.variable.dtype))
+    loaded = [slot.variable.path for slot, _ in values]
+    skipped = [slot.variable.path for slot in slots if slot.head] if skipped_reason else []
+    return {"loaded": loaded, "skipped": skipped, "skipped_reason": skipped_reason}
+
+
+def _few(items, n=5):
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _log_report(report, origin, detail):
+    logging.info("Loaded %d weights from %s (%s).", len(report["loaded"]), origin, detail)
+    if report["skipped_reason"]:
+        logging.warning("%s: %s", origin, report["skipped_reason"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths: run folders, checkpoint folders, prefixes, archives.
+
+
+def find_checkpoint(path):
+    """The checkpoint prefix ``path`` designates: a prefix, a run folder or a checkpoint folder.
+
+    Raises ``FileNotFoundError`` naming ``path`` when there is none.
+    """
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    if tf.io.gfile.isdir(path):
+        for folder in (os.path.join(path, "checkpoints"), path):
+            if not tf.io.gfile.isdir(folder):
+                continue
+            latest = tf.train.latest_checkpoint(folder)
+            if latest:
+                return latest
+            indexes = sorted(tf.io.gfile.glob(os.path.join(folder, "*.index")))
+            if len(indexes) == 1:
+                return indexes[0][: -len(".index")]
+            if indexes:
+                raise FileNotFoundError(
+                    f"{folder} holds several checkpoints ({_few(os.path.basename(i) for i in indexes)}) "
+                    "and no 'checkpoint' index file; pass the prefix of the one to use"
+                )
+        raise FileNotFoundError(f"no checkpoint in {path} (nor in {os.path.join(path, 'checkpoints')})")
+    raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index and no such folder)")
+
+
+def safe_extract(archive, destination):
+    """Extracts the tar ``archive`` into ``destination`` after checking every member.
+
+    Refused (``UnsafeArchiveError``, before anything is written): absolute member names, names that
+    leave ``destination`` (``..``), symbolic or hard links whose target is absolute or outside
+    ``destination``, and devices, FIFOs and other special members.
+    """
+    root = os.path.realpath(destination)
+
+    def inside(path):
+        path = os.path.realpath(path)
+        return path == root or path.startswith(root + os.sep)
+
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = member.name
+            if os.path.isabs(name) or name.startswith(("/", "\\")) or os.path.splitdrive(name)[0]:
+                raise UnsafeArchiveError(f"archive {archive}: member {name!r} has an absolute path")
+            target = os.path.join(root, name)
+            if not inside(target):
+                raise UnsafeArchiveError(f"archive {archive}: member {name!r} would be written outside "
+                                         f"{destination}")
+            if member.issym():
+                link = member.linkname
+                if os.path.isabs(link) or not inside(os.path.join(os.path.dirname(target), link)):
+                    raise UnsafeArchiveError(
+                        f"archive {archive}: symbolic link {name!r} -> {link!r} points outside {destination}")
+            elif member.islnk():
+                if os.path.isabs(member.linkname) or not inside(os.path.join(root, member.linkname)):
+                    raise UnsafeArchiveError(
+                        f"archive {archive}: hard link {name!r} -> {member.linkname!r} points outside "
+                        f"{destination}")
+            elif not (member.isfile() or member.isdir()):
+                raise UnsafeArchiveError(f"archive {archive}: member {name!r} is not a file or folder")
+        try:  # Python >= 3.11.4 (and backports): the "data" filter re-checks the same rules.
+            tar.extractall(root, members=members, filter="data")
+        except TypeError:
+            tar.extractall(root, members=members)
+    return destination
+
+
+# ------------------------------------------------------------------------------------------------
+# Format 1: our own checkpoints.
+
+
+@dataclasses.dataclass
+class RunCheckpointWeights:
+    """The model weights of one of our checkpoints, by Keras variable path."""
+
+    prefix: str
+    values: dict  # path -> array, every model variable
+    ema: dict  # path -> array, the optimizer's EMA of the trainable ones (empty without EMA)
+
+    def value(self, path, use_ema=True):
+        if use_ema and path in self.ema:
+            return self.ema[path]
+        return self.values.get(path)
+
+    @property
+    def num_classes(self):
+        bias = self.values.get(f"{HEAD_LAYER}/bias")
+        return None if bias is None else int(bias.shape[0])
+
+
+def _object_graph(reader):
+    from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: PLC0415
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return graph
+
+
+def _variables_under(graph, child_name, skip=()):
+    """{variable full name: checkpoint key} of every variable reachable from the root's ``child_name``,
+    not following edges named in ``skip``."""
+    start = [c.node_id for c in graph.nodes[0].children if c.local_name == child_name]
+    seen, queue, found = set(start), list(start), {}
+    while queue:
+        node = graph.nodes[queue.pop()]
+        for attribute in node.attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                found[attribute.full_name] = attribute.checkpoint_key
+        for child in node.children:
+            if child.node_id not in seen and child.local_name not in skip:
+                seen.add(child.node_id)
+                queue.append(child.node_id)
+    return found
+
+
+def _is_run_checkpoint(reader):
+    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+        return False
+    graph = _object_graph(reader)
+    return any(c.local_name == "model" for c in graph.nodes[0].children)
+
+
+def read_run_checkpoint(prefix):
+    """Reads the model weights (and their EMA) of a ``RunCheckpoint`` at ``prefix``."""
+    reader = tf.train.load_checkpoint(prefix)
+    if not _is_run_checkpoint(reader):
+        raise ValueError(f"{prefix} is not a checkpoint of this project (no 'model' in its object graph)")
+    graph = _object_graph(reader)
+    # A compiled model tracks its optimizer; its slots and averages are not model weights.
+    model_vars = _variables_under(graph, "model", skip=("optimizer",))
+    values = {name: reader.get_tensor(key) for name, key in model_vars.items()}
+    # Keras names an EMA variable "<optimizer>/<variable path with '/' as '_'>_average".
+    averages = {}
+    for name, key in _variables_under(graph, "optimizer").items():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf.endswith("_average"):
+            averages[leaf] = key
+    ema = {}
+    for path in values:
+        key = averages.get(path.replace("/", "_") + "_average")
+        if key is not None:
+            ema[path] = reader.get_tensor(key)
+    return RunCheckpointWeights(prefix=prefix, values=values, ema=ema)
+
+
+def assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=True):
+    """Assigns ``RunCheckpointWeights`` to ``model`` (strictly; see the module docstring)."""
+    slots = [_Slot(v, v.path, v.path.startswith(HEAD_LAYER + "/")) for v in model.weights]
+    report = _assign(
+        slots,
+        lambda path: weights.value(path, use_ema),
+        weights.values.keys(),
+        origin=f"checkpoint {weights.prefix}",
+        model_name=model.name,
+    )
+    if report["skipped_reason"] and not allow_head_skip:
+        raise ValueError(f"checkpoint {weights.prefix}: {report['skipped_reason']}")
+    loaded = set(report["loaded"])
+    report["ema"] = bool(use_ema and weights.ema) and all(
+        v.path in weights.ema for v in model.trainable_weights if v.path in loaded)
+    return report
+
+
+def _run_config_variant(prefix):
+    """The variant named in the run's config.yaml (``model_dir/checkpoints/ckpt-N`` -> model_dir)."""
+    for folder in (os.path.dirname(prefix), os.path.dirname(os.path.dirname(prefix))):
+        path = os.path.join(folder, "config.yaml")
+        if tf.io.gfile.exists(path):
+            import yaml  # noqa: PLC0415
+
+            with tf.io.gfile.GFile(path) as f:
+                tree = yaml.safe_load(f.read()) or {}
+            return (tree.get("model") or {}).get("variant"), path
+    return None, None
+
+
+def _load_run_checkpoint(model, prefix, spec):
+    variant, config_path = _run_config_variant(prefix)
+    if variant is not None and get_variant(variant).name != spec.name:
+        raise ValueError(
+            f"checkpoint {prefix} is of a run of EfficientNetV2-{get_variant(variant).name.upper()} "
+            f"({config_path}); the model is EfficientNetV2-{spec.name.upper()}. Use a checkpoint of "
+            f"the same variant, or train --model={get_variant(variant).name}."
+        )
+    weights = read_run_checkpoint(prefix)
+    report = assign_run_checkpoint(model, weights)
+    _log_report(report, f"checkpoint {prefix}", "EMA weights" if report["ema"] else "training weights")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Format 2: keras.applications weight files.
+
+
+def _h5_classes(path):
+    """(include_top, classes) of a keras.applications weights file, read from its classifier bias."""
+    import h5py  # noqa: PLC0415
+
+    found = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 1:
+            return
+        parts = name.split("/")
+        legacy_bias = HEAD_LAYER in parts and parts[-1].startswith("bias")
+        keras3_bias = name.startswith("layers/dense/vars/") and parts[-1] == "1"
+        if legacy_bias or keras3_bias:
+            found.append(int(obj.shape[0]))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return (True, found[0]) if found else (False, None)
+
+
+def _load_keras_application_file(model, path, spec):
+    include_top, classes = _h5_classes(path)
+    app = build_keras_application(spec, num_classes=classes or 1000, include_top=include_top)
+    try:
+        app.load_weights(path)
+    except Exception as e:  # Keras raises ValueError or KeyError on a mismatched file.
+        raise ValueError(
+            f"{path} is not a keras.applications {spec.keras_application} weights file "
+            f"(loading it into that model failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "Is it a file of another variant?"
+        ) from None
+    theirs = {f"{layer.name}/{w.name}": w for layer in app.layers for w in layer.weights}
+    slots = [
+        _Slot(w, f"{name}/{w.name}", name == HEAD_LAYER)
+        for name, layer in layer_map(model).items()
+        for w in layer.weights
+    ]
+    report = _assign(
+        slots,
+        lambda key: None if key not in theirs else np.asarray(theirs[key].numpy()),
+        theirs.keys(),
+        origin=f"keras.applications weights {path}",
+        model_name=model.name,
+    )
+    _log_report(report, f"keras.applications weights {path}",
+                f"{'with' if include_top else 'without'} classifier")
+    report["ema"] = False
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Format 3: the reference release's TF checkpoints.
+
+
+def _reference_layer_names(block):
+    """{our sublayer attribute: reference layer name} for one block, in the reference's naming.
+
+    Within a block the reference names convolutions ``conv2d``, ``conv2d_1`` and batch norms
+    ``tpu_batch_normalization``, ``..._1``, ``..._2`` in creation order (expand before project;
+    expand_bn, the depthwise's bn, project_bn), the depthwise conv ``depthwise_conv2d`` and the SE
+    convs ``se/conv2d`` and ``se/conv2d_1``. This gives, for the three block types of EfficientNetV2:
+    Fused-MBConv e1 (project_conv kxk -> conv2d), Fused-MBConv e>1 (expand_conv -> conv2d,
+    project_conv -> conv2d_1) and MBConv (expand -> conv2d, depthwise -> depthwise_conv2d,
+    project -> conv2d_1; bns _, _1, _2).
+    """
+    names = {}
+    convs = [a for a in ("expand_conv", "project_conv") if getattr(block, a, None) is not None]
+    for i, attr in enumerate(convs):
+        names[attr] = "conv2d" + (f"_{i}" if i else "")
+    norms = [a for a in ("expand_bn", "bn", "project_bn") if getattr(block, a, None) is not None]
+    for i, attr in enumerate(norms):
+        names[attr] = "tpu_batch_normalization" + (f"_{i}" if i else "")
+    if getattr(block, "dwconv2", None) is not None:
+        names["dwconv2"] = "depthwise_conv2d"
+    return names
+
+
+def reference_names(model, prefix):
+    """{variable path in ``model``: variable name in a reference checkpoint under ``prefix``}.
+
+    ``prefix`` is the reference model's name, e.g. ``efficientnetv2-s``. Blocks are numbered
+    globally, ``blocks_0`` ... ``blocks_{N-1}``, in the order the model applies them.
+    """
+    names = {}
+
+    def add(layer, scope, rename=None):
+        for w in layer.weights:
+            leaf = (rename or {}).get(w.name, w.name)
+            names[w.path] = f"{prefix}/{scope}/{leaf}"
+
+    fixed = {
+        "stem_conv": "stem/conv2d",
+        "stem_bn": "stem/tpu_batch_normalization",
+        "top_conv": "head/conv2d",
+        "top_bn": "head/tpu_batch_normalization",
+        HEAD_LAYER: "head/dense",
+    }
+    index = 0
+    for layer in model.layers:
+        if isinstance(layer, (MBConv, FusedMBConv)):
+            scope = f"blocks_{index}"
+            for attr, ref in _reference_layer_names(layer).items():
+                sub = getattr(layer, attr)
+                add(sub, f"{scope}/{ref}", {"kernel": "depthwise_kernel"} if attr == "dwconv2" else None)
+            if layer.se is not None:
+                add(layer.se.se_reduce, f"{scope}/se/conv2d")
+                add(layer.se.se_expand, f"{scope}/se/conv2d_1")
+            index += 1
+        elif layer.name in fixed:
+            add(layer, fixed[layer.name])
+        elif layer.weights:
+            raise ValueError(f"layer {layer.name!r} has no counterpart in the reference release's model")
+    return names
+
+
+def _reference_prefix(keys):
+    suffix = "/stem/conv2d/kernel"
+    prefixes = sorted({k[: -len(suffix)] for k in keys if k.endswith(suffix)})
+    if len(prefixes) > 1:
+        raise ValueError(f"checkpoint holds several models ({prefixes}); expected one")
+    return prefixes[0] if prefixes else None
+
+
+def _load_reference_checkpoint(model, prefix_path, spec):
+    reader = tf.train.load_checkpoint(prefix_path)
+    shapes = reader.get_variable_to_shape_map()
+    model_prefix = _reference_prefix(shapes)
+    try:
+        theirs = get_variant(model_prefix)
+    except ValueError:
+        raise ValueError(
+            f"checkpoint {prefix_path} holds model {model_prefix!r}, which is not an EfficientNetV2 "
+            "variant of the reference release (efficientnetv2-b0 ... -xl)"
+        ) from None
+    if theirs.name != spec.name:
+        raise ValueError(
+            f"checkpoint {prefix_path} holds {model_prefix} (EfficientNetV2-{theirs.name.upper()}); the "
+            f"model is EfficientNetV2-{spec.name.upper()}. Use the checkpoint of the same variant."
+        )
+    names = reference_names(model, model_prefix)
+    # Batch norms without the TPU variant are named batch_normalization in the stem and head.
+    aliases = {}
+    for path, name in names.items():
+        if name not in shapes and "/tpu_batch_normalization" in name:
+            aliases[path] = name.replace("/tpu_batch_normalization", "/batch_normalization")
+    names.update({p: a for p, a in aliases.items() if a in shapes})
+    source_keys = [
+        k for k in shapes
+        if k.startswith(model_prefix + "/") and k.rsplit("/", 1)[-1] in _WEIGHT_NAMES
+    ]
+    used_ema = []
+
+    def fetch(name):
+        if name + _REFERENCE_EMA in shapes:
+            used_ema.append(name)
+            return reader.get_tensor(name + _REFERENCE_EMA)
+        return reader.get_tensor(name) if name in shapes else None
+
+    slots = [_Slot(v, names[v.path], v.path.startswith(HEAD_LAYER + "/")) for v in model.weights]
+    report = _assign(slots, fetch, source_keys, origin=f"reference checkpoint {prefix_path}",
+                     model_name=model.name)
+    report["ema"] = bool(used_ema)
+    _log_report(report, f"reference checkpoint {prefix_path}",
+                f"{len(set(used_ema))} of {len(slots)} from their ExponentialMovingAverage")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def load_pretrained(model, path, variant):
+    """Loads pretrained weights from ``path`` into ``model`` (EfficientNetV2-``variant``).
+
+    ``path``: one of our run folders or checkpoints, a keras.applications ``.h5``/``.weights.h5``, a
+    reference-release checkpoint (prefix or folder), or a ``.tar``/``.tgz`` of one. Returns a report
+    (``loaded``, ``skipped``, ``skipped_reason``, ``ema``, ``format``). Raises ``FileNotFoundError``
+    when there is nothing at ``path`` and ``ValueError`` when it does not fit the model; in both cases
+    the model is unchanged.
+    """
+    spec = get_variant(variant)
+    path = os.fspath(path)
+    if path.endswith(_ARCHIVE_SUFFIXES):
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"archive {path} not found")
+        folder = tempfile.mkdtemp(prefix="efficientnetv2-import-")
+        try:
+            safe_extract(path, folder)
+            return load_pretrained(model, _single_checkpoint_in(folder, path), spec)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if path.endswith(".h5"):
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"weights file {path} not found")
+        report = _load_keras_application_file(model, path, spec)
+        report["format"] = "keras.applications"
+        return report
+    prefix = find_checkpoint(path)
+    reader = tf.train.load_checkpoint(prefix)
+    if _is_run_checkpoint(reader):
+        report = _load_run_checkpoint(model, prefix, spec)
+        report["format"] = "run checkpoint"
+    elif _reference_prefix(reader.get_variable_to_shape_map()) is not None:
+        report = _load_reference_checkpoint(model, prefix, spec)
+        report["format"] = "reference checkpoint"
+    else:
+        raise ValueError(
+            f"cannot tell what {prefix} holds: it is neither one of this project's checkpoints (no "
+            "'model' in its object graph) nor a reference-release checkpoint (no "
+            "'<model>/stem/conv2d/kernel' variable)"
+        )
+    return report
+
+
+def _single_checkpoint_in(folder, archive):
+    prefixes = []
+    for directory, _, files in os.walk(folder):
+        if "checkpoint" in files:
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+        prefixes += [os.path.join(directory, f[: -len(".index")]) for f in files if f.endswith(".index")]
+    if len(prefixes) != 1:
+        raise ValueError(f"archive {archive} holds {len(prefixes)} checkpoints "
+                         f"({_few(os.path.relpath(p, folder) for p in prefixes)}); expected one")
+    return prefixes[0]
