@@ -61,30 +61,32 @@ def make_folder(root: str, class_counts: Dict[str, int], seed: int = 0, size=(40
     return paths
 
 
-def write_imagenet_shards(directory: str, split: str, images: Sequence[bytes],
-                          labels: Sequence[int], num_shards: int = 2) -> List[str]:
-    """ImageNet-format shards of (image bytes, 0-based label), split round-robin."""
+def _write_shards(directory: str, split: str, examples: Sequence[tf.train.Example],
+                  num_shards: int) -> List[str]:
+    """Records dealt round-robin to `num_shards` shards of `split`."""
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, records.shard_name(split, i, num_shards)) for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(p) for p in paths]
-    for i, (data, label) in enumerate(zip(images, labels)):
-        writers[i % num_shards].write(records.imagenet_example(data, label).SerializeToString())
-    for writer in writers:
-        writer.close()
-    return paths
-
-
-def write_imagenet21k_shards(directory: str, split: str, images: Sequence[bytes],
-                             labels: Sequence[Sequence[int]], num_shards: int = 1) -> List[str]:
-    os.makedirs(directory, exist_ok=True)
-    paths = [os.path.join(directory, records.shard_name(split, i, num_shards)) for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
-    for i, (data, ids) in enumerate(zip(images, labels)):
-        example = records.imagenet21k_example(data, ids, image_id=f"img{i}")
+    for i, example in enumerate(examples):
         writers[i % num_shards].write(example.SerializeToString())
     for writer in writers:
         writer.close()
     return paths
+
+
+def write_imagenet_shards(directory: str, split: str, images: Sequence[bytes],
+                          labels: Sequence[int], num_shards: int = 2) -> List[str]:
+    """ImageNet-format shards of (image bytes, 0-based label)."""
+    return _write_shards(directory, split, [records.imagenet_example(data, label)
+                                            for data, label in zip(images, labels)], num_shards)
+
+
+def write_imagenet21k_shards(directory: str, split: str, images: Sequence[bytes],
+                             labels: Sequence[Sequence[int]], num_shards: int = 1) -> List[str]:
+    """ImageNet-21k-format shards of (image bytes, 0-based label ids), ids img0, img1, ..."""
+    return _write_shards(directory, split, [records.imagenet21k_example(data, ids, image_id=f"img{i}")
+                                            for i, (data, ids) in enumerate(zip(images, labels))],
+                         num_shards)
 
 
 def make_imagenet_dir(directory: str, train: int = 12, validation: int = 5, num_classes: int = 3,
