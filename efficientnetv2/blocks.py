@@ -1,4 +1,5 @@
-"""The building blocks of EfficientNetV2 as Keras 3 layers (``keras`` and ``keras.ops`` only).
+"""The building blocks of EfficientNetV2 as Keras 3 layers (``keras`` and ``keras.ops``; batch norm
+alone takes TensorFlow's fused kernel under the TensorFlow backend, see ``FusedBatchNormalization``).
 
 Tan & Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021, Figure 2 and Table 4.
 Sublayer names follow ``keras.applications.EfficientNetV2*`` (``expand_conv``, ``dwconv2``, ``bn``,
@@ -9,7 +10,14 @@ layers named ``block2a_<sublayer>`` there.
 import keras
 from keras import ops
 
-__all__ = ["AdjustableDropout", "StochasticDepth", "SqueezeExcite", "MBConv", "FusedMBConv"]
+__all__ = [
+    "AdjustableDropout",
+    "StochasticDepth",
+    "FusedBatchNormalization",
+    "SqueezeExcite",
+    "MBConv",
+    "FusedMBConv",
+]
 
 # The reference release's initializers: variance scaling for convolutions, uniform for the classifier.
 CONV_KERNEL_INITIALIZER = {
@@ -50,8 +58,10 @@ class StochasticDepth(keras.layers.Layer):
         keep = 1.0 - self.rate
         shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
         noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
-        mask = ops.cast(noise < keep, inputs.dtype)
-        return inputs * mask / ops.cast(keep, inputs.dtype)
+        # The 0 or 1/keep factor is made on the (batch, 1, 1, 1) mask, so the full-size tensor
+        # sees one multiply (forward and backward) instead of a multiply and a divide.
+        scale = ops.cast(noise < keep, inputs.dtype) * ops.cast(1.0 / keep, inputs.dtype)
+        return inputs * scale
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -92,8 +102,63 @@ class AdjustableDropout(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="efficientnetv2")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel where it can be.
+
+    In training, Keras 3 normalizes with separate ops (moments, then ``tf.nn.batch_normalization``;
+    in float32 after casting bfloat16 inputs up and back), whose gradient is many passes over the
+    activations; TensorFlow's ``FusedBatchNormV3`` (oneDNN on CPU, cuDNN on GPU) does it in one op
+    forward and one backward, in the input's precision with float32 statistics. Under the
+    TensorFlow backend, in training, for 4-D channels-last inputs without a mask, renorm or
+    synchronized statistics, this layer uses it; otherwise (inference included), and under every
+    other backend, it is Keras' layer unchanged. The variables, their names and updates are Keras'
+    (the moving variance gets the biased batch variance, as Keras' does), so weights move both ways
+    with keras.applications; results agree to float rounding. Measured with
+    benchmarks/model_throughput.py, it makes EfficientNetV2-S train faster than keras.applications'
+    on CPU; alone, one such layer trains 2-3 times faster than Keras'.
+    """
+
+    # The fused kernel raises smaller epsilons to this; Keras' layer does not.
+    _FUSED_MIN_EPSILON = 1.001e-5
+
+    def _fusable(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and self.center
+            and self.scale
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and self.epsilon >= self._FUSED_MIN_EPSILON
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        # Inference stays Keras' (a multiply and an add per element): measured, the fused kernel
+        # in inference was no faster on CPU (oneDNN) for EfficientNetV2-S.
+        if not (training and self.trainable) or not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # only under the TensorFlow backend
+
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True
+        )
+        # The kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased
+        # one into its moving variance.
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
+        variance = variance * ((count - 1.0) / count)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(outputs, self.compute_dtype)
+
+
 def _batch_norm(name, momentum, epsilon, synchronized, dtype):
-    return keras.layers.BatchNormalization(
+    return FusedBatchNormalization(
         momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name, dtype=dtype
     )
 

@@ -7,6 +7,7 @@ from efficientnetv2.blocks import (
     CONV_KERNEL_INITIALIZER,
     DENSE_KERNEL_INITIALIZER,
     AdjustableDropout,
+    FusedBatchNormalization,
     FusedMBConv,
     MBConv,
 )
@@ -106,7 +107,7 @@ def build_model(
         kernel_initializer=CONV_KERNEL_INITIALIZER,
         name="stem_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name="stem_bn", **bn)(x)
+    x = FusedBatchNormalization(name="stem_bn", **bn)(x)
     x = keras.layers.Activation("silu", name="stem_activation")(x)
 
     features = {}
@@ -140,7 +141,7 @@ def build_model(
         kernel_initializer=CONV_KERNEL_INITIALIZER,
         name="top_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name="top_bn", **bn)(x)
+    x = FusedBatchNormalization(name="top_bn", **bn)(x)
     x = keras.layers.Activation("silu", name="top_activation")(x)
     model_name = name or f"efficientnetv2-{spec.name}"
 
