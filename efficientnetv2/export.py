@@ -60,6 +60,9 @@ __all__ = [
     "load_inference_model",
     "predict_files",
     "imagenet_class_names",
+    "write_keras_application_weights",
+    "keras_application_skip_reason",
+    "eval_image_size",
     "InferenceInfo",
 ]
 
@@ -141,7 +144,8 @@ def _architecture_overrides(config):
     return overrides
 
 
-def _keras_application_skip(config, spec):
+def keras_application_skip_reason(config, spec):
+    """Why the run has no keras.applications weights file, or "" when it has one."""
     if not spec.keras_application:
         return (f"EfficientNetV2-{spec.name.upper()} has no keras.applications counterpart "
                 "(keras.applications has B0-B3, S, M and L)")
@@ -176,7 +180,7 @@ def load_inference_model(config, model_dir, checkpoint_path=None):
         class_names=_class_names(config, num_classes),
         image_size=eval_image_size(config),
         checkpoint=prefix,
-        keras_application_skip=_keras_application_skip(config, spec),
+        keras_application_skip=keras_application_skip_reason(config, spec),
     )
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")  # Export in float32 whatever the run trained in.
@@ -240,6 +244,8 @@ class _Serving(tf.Module):
         k = min(TOP_K, int(model.output.shape[-1]))
         names = tf.constant(class_names, tf.string) if class_names else None
 
+        # Traced once; the three signatures only prepare images and call it.
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         def outputs(images):
             probabilities = model(images, training=False)
             top = tf.math.top_k(probabilities, k=k)
@@ -294,21 +300,31 @@ def _write_saved_model(model, path, image_size, class_names):
     tf.saved_model.save(module, path, signatures=module.concrete)
 
 
-def _write_tflite(model, image_size, quantize):
-    module = tf.Module()
-    module.model = model
+def _tflite_function(model, image_size):
+    """(concrete function, module tracking its variables) of ``model`` on [1, S, S, 3] float32."""
 
     @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="images")])
     def infer(images):
         return {"probabilities": model(images, training=False)}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], module)
+    function = infer.get_concrete_function()
+    module = tf.Module()
+    module.model_variables = list(function.variables)  # The tf.Variables to freeze (see _Serving).
+    return function, module
+
+
+def _write_tflite(function, module, quantize):
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # No data: dynamic-range quantization.
     return converter.convert()
 
 
-def _write_keras_application_weights(model, path, variant):
+def write_keras_application_weights(model, path, variant):
+    """Writes ``model``'s weights as a keras.applications ``.weights.h5`` file of ``variant``.
+
+    ``keras.applications.EfficientNetV2<X>(weights=path, classes=<classes>)`` loads it directly.
+    """
     app = keras_applications.build_keras_application(variant, num_classes=int(model.output.shape[-1]))
     keras_applications.copy_weights_to(model, app)
     app.save_weights(path)
@@ -398,11 +414,12 @@ def export_model(model, export_dir, info):
             skipped["keras_applications_weights"] = info.keras_application_skip
             logging.warning("No keras.applications weights file: %s.", info.keras_application_skip)
         else:
-            _write_keras_application_weights(model, path("keras_applications_weights"), info.variant)
+            write_keras_application_weights(model, path("keras_applications_weights"), info.variant)
             written.append("keras_applications_weights")
+        function, module = _tflite_function(model, info.image_size)
         for kind, quantize in (("tflite_float32", False), ("tflite_dynamic_range", True)):
             with open(path(kind), "wb") as f:
-                f.write(_write_tflite(model, info.image_size, quantize))
+                f.write(_write_tflite(function, module, quantize))
             written.append(kind)
         if info.class_names:
             with open(path("labels"), "w", encoding="utf-8") as f:

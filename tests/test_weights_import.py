@@ -18,10 +18,11 @@ import tensorflow as tf
 
 from efficientnetv2 import build_model, optimizers, weights_import
 from efficientnetv2.checkpointing import RunCheckpoint
-from tests.training_helpers import TINY_BLOCKS
 from tests.weights_randomizer import randomize_weights
 
 SIZE = 32
+# Fused-MBConv with expand ratio 1, Fused-MBConv with expansion, MBConv with SE: the three block kinds.
+TINY_BLOCKS = "r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_c1,r1_k3_s2_e2_i16_o16_se0.25"
 
 
 def tiny(num_classes=10, blocks=TINY_BLOCKS, head_filters=32):
