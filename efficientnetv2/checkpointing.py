@@ -41,7 +41,13 @@ class RunCheckpoint:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch
+            model=model,
+            optimizer=optimizer,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            # Keras does not checkpoint the states of its random seed generators (dropout,
+            # stochastic depth); without them a resumed run would draw other masks.
+            rng=random_states(model),
         )
         self.directory = directory
         self.chief = chief
@@ -87,7 +93,7 @@ class RunCheckpoint:
         for path in candidates:
             try:
                 self.restore(path)
-            except (tf.errors.OpError, ValueError, AssertionError, CheckpointError) as e:
+            except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways (OpError, IndexError, ...)
                 failures.append(path)
                 logging.warning(
                     "Checkpoint %s is damaged or unreadable (%s: %s); falling back to the previous one.",
@@ -110,6 +116,15 @@ class RunCheckpoint:
         status = self.checkpoint.restore(path)
         status.assert_existing_objects_matched()
         return path
+
+
+def random_states(model):
+    """The state variables of every Keras random seed generator in ``model``, in layer order."""
+    return [
+        generator.state
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for generator in getattr(layer, "_seed_generators", [])
+    ]
 
 
 def _number(path):

@@ -246,6 +246,7 @@ class _RunMonitor(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
         self.batches = 0
+        self.skipped_before = datasets.skipped_images()
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
@@ -261,6 +262,11 @@ class _RunMonitor(keras.callbacks.Callback):
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         if logs is not None:
             logs["images_per_sec"] = self.batches * self.plan.global_batch / elapsed
+            skipped = datasets.skipped_images() - self.skipped_before
+            logs["skipped_images"] = float(skipped)
+            if skipped:
+                logging.warning("Epoch %d: %d undecodable images skipped (see the warnings above for "
+                                "which files).", epoch + 1, skipped)
             optimizer = self.model.optimizer
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(optimizer.learning_rate)

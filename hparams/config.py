@@ -267,13 +267,18 @@ def read_yaml(path):
 
 
 def _split_top_level(text):
-    parts, depth, current = [], 0, []
+    """Splits on commas outside quotes and brackets."""
+    parts, depth, quote, current = [], 0, None, []
     for char in text:
-        if char in "[(":
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[(":
             depth += 1
         elif char in "])":
             depth -= 1
-        if char == "," and depth == 0:
+        if char == "," and depth == 0 and not quote:
             parts.append("".join(current))
             current = []
         else:
@@ -282,8 +287,18 @@ def _split_top_level(text):
     return [p.strip() for p in parts if p.strip()]
 
 
+def _unwrap(value):
+    """``'a,b'``, ``"a,b"`` or ``[a,b]`` -> ``a,b`` (a value holding commas, e.g. block strings)."""
+    if len(value) >= 2 and (value[0], value[-1]) in (("'", "'"), ('"', '"'), ("[", "]")):
+        return value[1:-1].strip()
+    return value
+
+
 def parse_overrides(text):
-    """``"a.b=1, c.d=x"`` -> ``{"a.b": "1", "c.d": "x"}`` (values typed later, per key)."""
+    """``"a.b=1, c.d='x,y'"`` -> ``{"a.b": "1", "c.d": "x,y"}`` (values are typed later, per key).
+
+    Commas separate overrides; a value that holds commas is quoted or bracketed.
+    """
     if not isinstance(text, str):
         raise ConfigError(f"overrides must be a str, got {type(text).__name__}")
     overrides = {}
@@ -291,8 +306,10 @@ def parse_overrides(text):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        overrides[key] = value.strip()
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (quote values that hold commas)"
+            )
+        overrides[key] = _unwrap(value.strip())
     return overrides
 
 

@@ -85,9 +85,11 @@ def test_optional_values_accept_none():
     assert c.train.steps_per_epoch is None and c.model.width == 1.5 and c.eval.image_size is None
 
 
-def test_values_with_commas_inside_brackets():
+def test_values_with_commas_are_quoted_or_bracketed():
     assert config_lib.parse_overrides("model.blocks=[a,b], train.epochs=2") == {
-        "model.blocks": "[a,b]", "train.epochs": "2"}
+        "model.blocks": "a,b", "train.epochs": "2"}
+    assert config_lib.parse_overrides("model.blocks='a,b',data.data_dir=\"/x,y\"") == {
+        "model.blocks": "a,b", "data.data_dir": "/x,y"}
 
 
 def test_dump_round_trip():

@@ -1,0 +1,155 @@
+"""Faults: SIGKILL at any point, SIGTERM, damaged checkpoints. A killed run resumes to the same result.
+
+The fault-injection test kills a tiny deterministic run (tests/fault_worker.py) at chosen and random
+moments -- mid-epoch, inside a checkpoint write, at the first step of a new progressive stage, and at a
+random time -- restarting the same command each time, and requires the final checkpoint to be
+bit-identical to an uninterrupted run's.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2 import build_model
+from efficientnetv2.checkpointing import CheckpointError, RunCheckpoint
+from efficientnetv2.optimizers import RMSprop
+from efficientnetv2.training import PREEMPTED_EXIT_CODE
+from tests.training_helpers import TINY_BLOCKS, tiny_hparams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _worker(model_dir, fault="none", timeout=300):
+    return subprocess.run([sys.executable, "-m", "tests.fault_worker", str(model_dir), fault], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_values(model_dir):
+    """Every variable of the newest checkpoint of a run: model, optimizer (with EMA), random states,
+    position. Not the number of saves made, which a preemption save increases."""
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    names = [n for n in reader.get_variable_to_shape_map()
+             if n not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")]
+    return path, {n: reader.get_tensor(n) for n in names}
+
+
+def assert_same_checkpoints(a_dir, b_dir):
+    (path_a, a), (path_b, b) = checkpoint_values(a_dir), checkpoint_values(b_dir)
+    assert os.path.basename(path_a) == os.path.basename(path_b)
+    assert sorted(a) == sorted(b)
+    different = [n for n in a if not np.array_equal(a[n], b[n])]
+    assert not different, f"{len(different)} of {len(a)} variables differ, e.g. {different[:3]}"
+
+
+def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
+    straight = _worker(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "DONE 4 20" in straight.stdout
+
+    faulty = tmp_path / "faulty"
+    # 4 epochs x 5 steps, stages: epochs 1-2 at 32 px, epochs 3-4 at 48 px (steps 11-20).
+    for fault in ["step:3", "in_save:2", "step:11", "step:17"]:
+        run = _worker(faulty, fault)
+        assert run.returncode == -signal.SIGKILL, (fault, run.stderr[-3000:])
+    # A kill at a random moment (start-up, training or saving alike).
+    process = subprocess.Popen([sys.executable, "-m", "tests.fault_worker", str(faulty), "none"], cwd=ROOT,
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random().uniform(2.0, 12.0))
+    process.kill()
+    process.wait()
+    final = _worker(faulty)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "DONE 4 20" in final.stdout
+    assert_same_checkpoints(tmp_path / "straight", faulty)
+
+
+def _main_command(model_dir):
+    hparams = tiny_hparams(**{"train.epochs": 2, "train.steps_per_epoch": 30, "progressive.num_stages": 1,
+                              "train.deterministic": True})
+    return [sys.executable, "main.py", "--mode=train", "--dataset=synthetic", "--model=s",
+            f"--model_dir={model_dir}", f"--hparams={hparams}"]
+
+
+def test_sigterm_saves_within_seconds_exits_distinctly_and_loses_no_step(tmp_path):
+    straight = subprocess.run(_main_command(tmp_path / "straight"), cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run_dir = tmp_path / "preempted"
+    process = subprocess.Popen(_main_command(run_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    for line in process.stderr:
+        if "Stage 1/1" in line or time.time() > deadline:
+            break
+    time.sleep(3.0)  # some steps into the first epoch
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    assert time.time() - sent < 20
+    assert "preempted in epoch 1 after step" in err
+    _, values = checkpoint_values(run_dir)
+    step_in_epoch = int(values["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert 0 < step_in_epoch < 30
+    assert int(values["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == step_in_epoch
+
+    resumed = subprocess.run(_main_command(run_dir), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"step {step_in_epoch} of the epoch" in resumed.stderr
+    assert_same_checkpoints(tmp_path / "straight", run_dir)
+
+
+def _tiny_checkpoint(directory):
+    model = build_model("s", num_classes=3, blocks=TINY_BLOCKS, head_filters=16)
+    optimizer = RMSprop(0.01, use_ema=True)
+    optimizer.build(model.trainable_variables)
+    return model, RunCheckpoint(str(directory), model, optimizer, max_to_keep=3)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_data", "delete_index"])
+def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, damage, caplog):
+    model, checkpoint = _tiny_checkpoint(tmp_path)
+    first = checkpoint.save(1, global_step=10)
+    model.weights[0].assign(model.weights[0] + 1.0)
+    second = checkpoint.save(2, global_step=20)
+    data = tf.io.gfile.glob(second + ".data-*")[0]
+    if damage == "truncate":
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+    elif damage == "delete_data":
+        os.remove(data)
+    else:
+        os.remove(second + ".index")
+    _, fresh = _tiny_checkpoint(tmp_path)
+    with caplog.at_level("WARNING"):
+        restored = fresh.restore_latest()
+    assert restored == first
+    assert fresh.position == (1, 0)
+    assert second in caplog.text and first in caplog.text
+
+
+def test_every_checkpoint_damaged_refuses_to_start_over(tmp_path):
+    _, checkpoint = _tiny_checkpoint(tmp_path)
+    path = checkpoint.save(1, global_step=10)
+    for data in tf.io.gfile.glob(path + ".data-*"):
+        with open(data, "wb") as f:
+            f.write(b"garbage")
+    _, fresh = _tiny_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="refusing to start from scratch"):
+        fresh.restore_latest()
+
+
+def test_no_checkpoint_is_a_fresh_start(tmp_path):
+    _, checkpoint = _tiny_checkpoint(tmp_path)
+    assert checkpoint.restore_latest() is None
