@@ -72,6 +72,7 @@ def main(argv):
     logging.info("Model folder: %s", os.path.abspath(model_dir))
 
     from efficientnetv2 import distribute, training
+    from efficientnetv2.checkpointing import CheckpointError
 
     strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
     try:
@@ -111,7 +112,7 @@ def main(argv):
     except training.Preempted as e:
         logging.warning("%s", e)
         return training.PREEMPTED_EXIT_CODE
-    except (ConfigError, training.NonFiniteLoss, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, training.NonFiniteLoss, FileNotFoundError, ValueError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         return 1
     return 0

@@ -94,7 +94,7 @@ class RunCheckpoint:
             try:
                 self.restore(path)
             except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways (OpError, IndexError, ...)
-                failures.append(path)
+                failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
                 logging.warning(
                     "Checkpoint %s is damaged or unreadable (%s: %s); falling back to the previous one.",
                     path,
@@ -106,8 +106,9 @@ class RunCheckpoint:
                 logging.warning("Restored %s instead of the damaged %s.", path, ", ".join(failures))
             return path
         raise CheckpointError(
-            f"every checkpoint in {self.directory} is damaged ({', '.join(failures)}); refusing to "
-            "start from scratch over existing work. Move the folder away to start anew."
+            f"no checkpoint in {self.directory} can be restored into this model; refusing to start "
+            f"from scratch over existing work (a damaged file, or a run of another variant or "
+            f"config). Tried: {'; '.join(failures)}. Move the folder away to start anew."
         )
 
     def restore(self, path):
