@@ -43,6 +43,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -475,7 +476,7 @@ def _load_image(path, image_size):
     try:
         return decode.center_crop(data, image_size).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        reason = (e.message or str(e)).strip().splitlines()[0][:200]
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or str(e)).strip().splitlines()[0][:200]
         raise ValueError(f"cannot decode image {path}: {reason} (corrupt, truncated or not an image?)") from None
 
 

@@ -285,10 +285,12 @@ def read_run_checkpoint(prefix):
 def assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=True):
     """Assigns ``RunCheckpointWeights`` to ``model`` (strictly; see the module docstring)."""
     slots = [_Slot(v, v.path, v.path.startswith(HEAD_LAYER + "/")) for v in model.weights]
+    # Only weights count as "extra": random-seed states and the like are not part of the network.
+    source_keys = [k for k in weights.values if k.rsplit("/", 1)[-1] in _WEIGHT_NAMES]
     report = _assign(
         slots,
         lambda path: weights.value(path, use_ema),
-        weights.values.keys(),
+        source_keys,
         origin=f"checkpoint {weights.prefix}",
         model_name=model.name,
     )

@@ -336,3 +336,19 @@ def test_imagenet_class_names_match_wordnet_ids():
     assert len(pairs) == 10
     for wnid, name in pairs:
         assert names[order.index(wnid)] == name, wnid
+
+
+@pytest.mark.slow
+def test_formats_agree_on_real_images(run):
+    """benchmarks/export_agreement.py on imagenette: TFLite float32 equals the SavedModel, and the
+    quantized model picks the same class as the float one on nearly every image."""
+    data = os.path.join(REPO, "..", "shared", "data", "imagenette")
+    if not os.path.isdir(os.path.join(data, "val")):
+        pytest.skip("needs ../shared/data/imagenette (real images); absent here")
+    from benchmarks.export_agreement import measure  # noqa: PLC0415
+
+    result = measure(run["export_dir"], data, "val", num_images=200)
+    print(result)
+    assert result["images"] == 200
+    assert result["tflite_float32_vs_saved_model_max_abs_diff"] <= 1e-4
+    assert result["quantized_vs_float32_top1_agreement"] >= 0.9

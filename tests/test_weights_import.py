@@ -372,3 +372,19 @@ def _special(tar, name):
     info = tarfile.TarInfo(name)
     info.type = tarfile.FIFOTYPE
     tar.addfile(info)
+
+
+def test_training_starts_from_init_checkpoint(tmp_path):
+    """train.init_checkpoint: a new run starts from another run's EMA weights (head included)."""
+    from efficientnetv2 import training  # noqa: PLC0415
+    from tests.training_helpers import tiny_config  # noqa: PLC0415
+
+    config = tiny_config()
+    source = training._build(config, training.make_plan(config, __import__("datasets").get_source("synthetic")),
+                             0.0)
+    optimizer, _ = _write_run(str(tmp_path / "pretrained"), source)
+    config = tiny_config(**{"train.init_checkpoint": str(tmp_path / "pretrained")})
+    result = training.train(config, str(tmp_path / "finetune"), verbose=0, max_epochs=0)
+    x = images(2, 48)
+    with optimizers.swap_ema_weights(source, optimizer):
+        np.testing.assert_allclose(predict(result["model"], x), predict(source, x), atol=1e-6)
