@@ -114,7 +114,16 @@ class RunCheckpoint:
     def restore(self, path):
         if not tf.io.gfile.exists(path + ".index"):
             raise CheckpointError(f"checkpoint {path} not found ({path}.index is missing)")
-        status = self.checkpoint.restore(path)
+        checkpoint = self.checkpoint
+        if not any(name.startswith("rng/") for name, _ in tf.train.list_variables(path)):
+            # Written before random states were checkpointed: restore the rest, and say what differs.
+            logging.warning("Checkpoint %s has no random-generator states (an older version wrote "
+                            "it); dropout and stochastic-depth masks after it will differ from an "
+                            "uninterrupted run.", path)
+            checkpoint = tf.train.Checkpoint(
+                **{k: getattr(self.checkpoint, k) for k in ("model", "optimizer", "epoch", "step_in_epoch")}
+            )
+        status = checkpoint.restore(path)
         status.assert_existing_objects_matched()
         return path
 
