@@ -72,7 +72,10 @@ def build_pair(variant, image_size, jit_compile, num_classes=1000):
 
 
 def measure(models, image_size, batch_size, steps, repeats, modes, num_classes=1000, seed=0):
-    """``{mode: {"wall": {name: [s, ...]}, "cpu": {...}, "first": {name: s}}}`` for the models."""
+    """``{mode: {"wall": {name: [s, ...]}, "cpu": {...}, "first": {name: s}}}`` for the models.
+
+    ``repeats`` maps each mode to its number of timed calls per model.
+    """
     rng = np.random.default_rng(seed)
     n = batch_size * steps
     x = rng.uniform(0, 255, (n, image_size, image_size, 3)).astype("float32")
@@ -90,7 +93,7 @@ def measure(models, image_size, batch_size, steps, repeats, modes, num_classes=1
         fns = {name: make[mode](model) for name, model in models.items()}
         first = timing.interleave(fns, 1)  # traces and compiles
         cpu = {}
-        wall = timing.interleave(fns, repeats, cpu_times=cpu)
+        wall = timing.interleave(fns, repeats[mode], cpu_times=cpu)
         results[mode] = {"wall": wall, "cpu": cpu, "first": {k: t[0] for k, t in first.items()}}
     return results
 
@@ -101,7 +104,9 @@ def _parse_args(argv):
     parser.add_argument("--image_sizes", default="128,224")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="batches per timed call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed training calls per model")
+    parser.add_argument("--infer_repeats", type=int, default=15,
+                        help="timed inference calls per model (cheaper, so more of them)")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--jit_compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--modes", default="train,infer")
@@ -119,7 +124,7 @@ def main(argv=None):
         precision=args.precision,
         batch_size=args.batch_size,
         steps_per_call=args.steps,
-        repeats=args.repeats,
+        repeats=f"{args.repeats} (train), {args.infer_repeats} (infer)",
         jit_compile=args.jit_compile,
     )
     timing.print_conditions(info)
@@ -128,7 +133,8 @@ def main(argv=None):
         for size in sizes:
             start = time.perf_counter()
             models = build_pair(variant, size, jit)
-            results = measure(models, size, args.batch_size, args.steps, args.repeats, modes)
+            repeats = {"train": args.repeats, "infer": args.infer_repeats}
+            results = measure(models, size, args.batch_size, args.steps, repeats, modes)
             images = args.batch_size * args.steps
             for mode in modes:
                 wall, cpu, first = (results[mode][k] for k in ("wall", "cpu", "first"))
