@@ -1,11 +1,13 @@
 """Run by tests/test_faults.py and benchmarks/soak.py: the tiny training run, with an optional fault.
 
-Usage: python -m tests.fault_worker <model_dir> [fault]
+Usage: python -m tests.fault_worker <model_dir> [fault] [epochs] [steps_per_epoch]
 Faults (the process SIGKILLs itself, as a preempted machine would die):
   step:N      right after global step N has been trained (before any checkpoint of it)
   in_save:N   inside the N-th checkpoint save of this process: data files written, index not yet
   none        no fault
-The config is tiny_config(epochs=4, 2 stages, 5 steps per epoch, deterministic ops).
+The config is tiny_config(epochs=4, 2 stages, 5 steps per epoch, deterministic ops) unless epochs
+and steps are given. Prints "START <global step>" when training starts and "STEP <global step>" after
+every step (for benchmarks/soak.py to count lost steps).
 """
 
 import os
@@ -28,6 +30,20 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Progress(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.started = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.started:
+            print("START", int(self.model.optimizer.iterations.numpy()), flush=True)
+            self.started = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        print("STEP", int(self.model.optimizer.iterations.numpy()), flush=True)
+
+
 class KillAtStep(keras.callbacks.Callback):
     def __init__(self, step):
         super().__init__()
@@ -38,8 +54,13 @@ class KillAtStep(keras.callbacks.Callback):
             _die()
 
 
-def main(model_dir, fault="none"):
-    callbacks = []
+def main(model_dir, fault="none", epochs=None, steps_per_epoch=None):
+    config = dict(CONFIG)
+    if epochs:
+        config["train.epochs"] = int(epochs)
+    if steps_per_epoch:
+        config["train.steps_per_epoch"] = int(steps_per_epoch)
+    callbacks = [Progress()]
     kind, _, number = fault.partition(":")
     if kind == "step":
         callbacks.append(KillAtStep(int(number)))
@@ -56,9 +77,13 @@ def main(model_dir, fault="none"):
         checkpoint_management.update_checkpoint_state_internal = update_then_maybe_die
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
-    result = training.train(tiny_config(**CONFIG), model_dir, verbose=0, callbacks=callbacks)
+    try:
+        result = training.train(tiny_config(**config), model_dir, verbose=0, callbacks=callbacks)
+    except training.Preempted as e:
+        print("PREEMPTED", e, flush=True)
+        sys.exit(training.PREEMPTED_EXIT_CODE)
     print("DONE", result["epoch"], int(result["optimizer"].iterations.numpy()))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:5])

@@ -1,0 +1,121 @@
+"""Soak: N kill/restart cycles of a tiny deterministic training run, then compare with an
+uninterrupted run.
+
+    python benchmarks/soak.py --cycles 10
+
+Each cycle starts the same command (tests/fault_worker.py), waits a random time, then sends either
+SIGTERM (a preemption notice: the run must save within seconds and lose no completed step) or
+SIGKILL (a dead machine: the steps since the last checkpoint are replayed, deterministically). After
+the cycles the run is restarted until it completes, and its final checkpoint is compared, variable by
+variable, with an uninterrupted run's.
+"""
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from tests.test_faults import checkpoint_values  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def command(model_dir, args):
+    return [sys.executable, "-m", "tests.fault_worker", model_dir, "none", str(args.epochs),
+            str(args.steps_per_epoch)]
+
+
+def run_until(model_dir, args, delay, sig):
+    """Starts the run, sends ``sig`` after ``delay`` seconds; returns (exit code, START step, last STEP)."""
+    process = subprocess.Popen(command(model_dir, args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    start, last = None, None
+    deadline = time.time() + delay
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = ""
+    while process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+        chunk = process.stdout.read() or ""
+        buffer += chunk
+    if process.poll() is None:
+        process.send_signal(sig)
+    os.set_blocking(process.stdout.fileno(), True)
+    buffer += process.stdout.read() or ""
+    process.wait()
+    # The last step printed before the signal was sent (steps printed after it finished in flight).
+    for line in buffer.splitlines():
+        kind, _, value = line.partition(" ")
+        if kind == "START" and start is None:
+            start = int(value)
+        elif kind == "STEP":
+            last = int(value)
+    return process.returncode, start, last
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cycles", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--steps_per_epoch", type=int, default=10)
+    parser.add_argument("--min_delay", type=float, default=6.0)
+    parser.add_argument("--max_delay", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = tempfile.mkdtemp(prefix="soak-")
+    straight, soaked = os.path.join(work, "straight"), os.path.join(work, "soaked")
+    t0 = time.time()
+    subprocess.run(command(straight, args), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    print(f"uninterrupted run: {time.time() - t0:.0f} s", flush=True)
+
+    total = args.epochs * args.steps_per_epoch
+    cycles = {"SIGTERM": 0, "SIGKILL": 0}
+    lost_after_sigterm, replayed_after_sigkill = 0, 0
+    previous = None  # (signal name, last completed step before the signal)
+    for cycle in range(args.cycles):
+        name = rng.choice(["SIGTERM", "SIGKILL"])
+        code, start, last = run_until(soaked, args, rng.uniform(args.min_delay, args.max_delay),
+                                      getattr(signal, name))
+        if previous is not None and start is not None:
+            kind, before = previous
+            if kind == "SIGTERM":
+                lost_after_sigterm += max(0, before - start)
+            else:
+                replayed_after_sigkill += max(0, before - start)
+        if code == 0:
+            print(f"cycle {cycle + 1}: the run completed before the signal", flush=True)
+            break
+        cycles[name] += 1
+        if last is not None:
+            previous = (name, last)
+        print(f"cycle {cycle + 1}: {name} after step {last} (started at {start}), exit {code}", flush=True)
+    final_code, start, last = run_until(soaked, args, 3600, signal.SIGKILL)
+    if previous is not None and start is not None:
+        kind, before = previous
+        if kind == "SIGTERM":
+            lost_after_sigterm += max(0, before - start)
+        else:
+            replayed_after_sigkill += max(0, before - start)
+    a, b = checkpoint_values(straight)[1], checkpoint_values(soaked)[1]
+    same = sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    print()
+    print(f"| cycles | SIGTERM | SIGKILL | steps | completed steps lost after SIGTERM | steps replayed after SIGKILL | final weights bit-identical | final run exit |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    print(f"| {sum(cycles.values())} | {cycles['SIGTERM']} | {cycles['SIGKILL']} | {total} | "
+          f"{lost_after_sigterm} | {replayed_after_sigkill} | {same} | {final_code} |")
+    print(f"(tiny EfficientNetV2 on synthetic data, {args.epochs} epochs x {args.steps_per_epoch} steps, "
+          f"deterministic ops, {time.time() - t0:.0f} s in all; run folders in {work})")
+
+
+if __name__ == "__main__":
+    main()
