@@ -112,7 +112,8 @@ def main(argv):
     except training.Preempted as e:
         logging.warning("%s", e)
         return training.PREEMPTED_EXIT_CODE
-    except (ConfigError, CheckpointError, training.NonFiniteLoss, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, training.NonFiniteLoss, training.DataExhausted, FileNotFoundError,
+            ValueError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         return 1
     return 0

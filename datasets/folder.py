@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from datasets import ordering
+from datasets import ordering, skipping
 from datasets.source import Source, check_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -118,8 +118,11 @@ class FolderSource(Source):
                  image_size: int = 224) -> tf.data.Dataset:
         paths, labels = self.files(split)
         rows = ordering.shard_in_memory([paths, tf.constant(labels, tf.int32)], seed, input_context)
-        return rows.map(lambda path, label: {"image": tf.io.read_file(path), "label": label, "id": path},
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A file that vanished since the listing (or cannot be read) is skipped and counted like an
+        # undecodable one, not a crash inside the training step.
+        return skipping.map_skipping_errors(
+            rows, lambda path, label: {"image": tf.io.read_file(path), "label": label, "id": path},
+            lambda path, label: path)
 
     def describe(self) -> str:
         held_out = (f" (eval: every {self._holdout_every}th file per class held out)"

@@ -29,7 +29,8 @@ from efficientnetv2.model import build_model
 from efficientnetv2.variants import get_variant
 from hparams import config as config_lib
 
-__all__ = ["train", "evaluate", "Plan", "make_plan", "Preempted", "NonFiniteLoss", "PREEMPTED_EXIT_CODE"]
+__all__ = ["train", "evaluate", "Plan", "make_plan", "Preempted", "NonFiniteLoss", "DataExhausted",
+           "PREEMPTED_EXIT_CODE"]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" -- a restart resumes from the saved checkpoint.
 
@@ -40,6 +41,10 @@ class Preempted(RuntimeError):
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or Inf."""
+
+
+class DataExhausted(RuntimeError):
+    """An epoch's training data ended before its planned steps (files gone or all undecodable)."""
 
 
 @dataclasses.dataclass
@@ -418,6 +423,14 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
             raise Preempted(
                 f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{plan.steps_per_epoch}; "
                 f"checkpoint {path}. Run the same command to resume."
+            )
+        if monitor.step_in_epoch < plan.steps_per_epoch:
+            raise DataExhausted(
+                f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
+                f"{plan.steps_per_epoch} steps ({int(logs.get('skipped_images', 0))} images skipped as "
+                f"undecodable in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
+                f"change? Not saving this epoch; the last good checkpoint is "
+                f"{checkpoint.reader.latest_checkpoint}."
             )
         epoch += 1
         step_in_epoch = 0
