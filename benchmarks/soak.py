@@ -36,24 +36,25 @@ def command(model_dir, args):
 
 
 def run_until(model_dir, args, delay, sig):
-    """Starts the run, sends ``sig`` after ``delay`` seconds; returns (exit code, START step, last STEP)."""
-    process = subprocess.Popen(command(model_dir, args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    """Starts the run, sends ``sig`` after ``delay`` seconds; returns (exit code, START step, last STEP).
+
+    The last step is the last one the run completed, in flight at the signal included: after a
+    SIGTERM, the restart must begin there (nothing lost); after a SIGKILL it replays from the last
+    checkpoint.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command(model_dir, args), cwd=ROOT, env=ENV, stdout=out,
+                                   stderr=subprocess.DEVNULL, text=True)
+        deadline = time.time() + delay
+        while process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.send_signal(sig)
+        process.wait()
+        out.seek(0)
+        lines = out.read().splitlines()
     start, last = None, None
-    deadline = time.time() + delay
-    os.set_blocking(process.stdout.fileno(), False)
-    buffer = ""
-    while process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-        chunk = process.stdout.read() or ""
-        buffer += chunk
-    if process.poll() is None:
-        process.send_signal(sig)
-    os.set_blocking(process.stdout.fileno(), True)
-    buffer += process.stdout.read() or ""
-    process.wait()
-    # The last step printed before the signal was sent (steps printed after it finished in flight).
-    for line in buffer.splitlines():
+    for line in lines:
         kind, _, value = line.partition(" ")
         if kind == "START" and start is None:
             start = int(value)

@@ -82,3 +82,20 @@ def test_bad_config_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"'eval.image_size' = 40: must be >= the last training image size \(48\)"):
         training.train(config, str(tmp_path / "run"), verbose=0)
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_training(tmp_path, precision):
+    import keras
+
+    config = tiny_config(**{"train.epochs": 1, "progressive.num_stages": 1, "train.mixed_precision": precision})
+    try:
+        result = training.train(config, str(tmp_path), verbose=0)
+        model = result["model"]
+        assert model.get_layer("block3a").compute_dtype == precision.split("_")[1]
+        assert all(w.dtype == "float32" for w in model.weights if w.dtype != "int64")
+        assert np.isfinite(result["logs"]["loss"])
+        if precision == "mixed_float16":
+            assert isinstance(result["optimizer"], keras.optimizers.LossScaleOptimizer)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
