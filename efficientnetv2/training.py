@@ -311,6 +311,11 @@ def _install_sigterm(monitor):
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _batches_per_step(context):
+    """Per-replica batches one input pipeline feeds per step: its worker's replicas each take one."""
+    return max(1, context.num_replicas_in_sync // context.num_input_pipelines)
+
+
 def _finite_logs(logs):
     return all(math.isfinite(v) for v in logs.values() if isinstance(v, (int, float)))
 
@@ -372,7 +377,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
                 epoch=epoch_number,
                 input_context=context,
             )
-            return data.repeat().take(plan.steps_per_epoch)
+            return data.repeat().take(plan.steps_per_epoch * _batches_per_step(context))
 
         return per_replica
 
@@ -391,7 +396,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
         skip = step_in_epoch
 
         def fn(context, _f=per_replica_fn, _skip=skip):
-            return _f(context).skip(_skip)
+            return _f(context).skip(_skip * _batches_per_step(context))
 
         data = strategy.distribute_datasets_from_function(fn)
         monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
