@@ -7,7 +7,8 @@ momentum 0.9, epsilon 1e-3) and sparse cross-entropy, and times, alternating the
 each repetition:
 
 - train: ``model.fit`` over ``--steps`` in-memory batches (one epoch; the compiled train function),
-- infer: ``model.predict`` over the same batches (the compiled predict function, training=False).
+- predict: ``model.predict`` over the same batches (training=False; Keras' data pipeline included),
+- call: ``model.predict_on_batch`` on each batch (the compiled predict function alone).
 
 It prints img/s of both (medians over repetitions of wall time) and ours/keras, the median of the
 per-repetition speed ratios, from wall time and from process CPU time (the latter is less disturbed
@@ -84,10 +85,14 @@ def measure(models, image_size, batch_size, steps, repeats, modes, num_classes=1
     def train(model):
         return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
 
-    def infer(model):
+    def predict(model):
         return lambda: model.predict(x, batch_size=batch_size, verbose=0)
 
-    make = {"train": train, "infer": infer}
+    def call(model):
+        batches = [x[i : i + batch_size] for i in range(0, n, batch_size)]
+        return lambda: [np.asarray(model.predict_on_batch(b)) for b in batches]
+
+    make = {"train": train, "predict": predict, "call": call}
     results = {}
     for mode in modes:
         fns = {name: make[mode](model) for name, model in models.items()}
@@ -106,10 +111,10 @@ def _parse_args(argv):
     parser.add_argument("--steps", type=int, default=2, help="batches per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed training calls per model")
     parser.add_argument("--infer_repeats", type=int, default=15,
-                        help="timed inference calls per model (cheaper, so more of them)")
+                        help="timed predict/call calls per model (cheaper, so more of them)")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--jit_compile", default="auto", choices=["auto", "true", "false"])
-    parser.add_argument("--modes", default="train,infer")
+    parser.add_argument("--modes", default="train,predict,call")
     return parser.parse_args(argv)
 
 
@@ -124,7 +129,7 @@ def main(argv=None):
         precision=args.precision,
         batch_size=args.batch_size,
         steps_per_call=args.steps,
-        repeats=f"{args.repeats} (train), {args.infer_repeats} (infer)",
+        repeats=f"{args.repeats} (train), {args.infer_repeats} (predict, call)",
         jit_compile=args.jit_compile,
     )
     timing.print_conditions(info)
@@ -133,7 +138,8 @@ def main(argv=None):
         for size in sizes:
             start = time.perf_counter()
             models = build_pair(variant, size, jit)
-            repeats = {"train": args.repeats, "infer": args.infer_repeats}
+            repeats = {"train": args.repeats, "predict": args.infer_repeats,
+                       "call": args.infer_repeats}
             results = measure(models, size, args.batch_size, args.steps, repeats, modes)
             images = args.batch_size * args.steps
             for mode in modes:

@@ -180,3 +180,39 @@ def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_cannot_serve():
     assert not FusedBatchNormalization(epsilon=1e-6)._fusable(x4, None)
     assert not FusedBatchNormalization(center=False)._fusable(x4, None)
     assert FusedBatchNormalization()._fusable(x4, None) == (keras.backend.backend() == "tensorflow")
+
+
+@pytest.mark.parametrize(
+    "make_block",
+    [
+        lambda: MBConv(8, 16, expand_ratio=4, se_ratio=0.25, strides=2),
+        lambda: MBConv(8, 8, expand_ratio=1, drop_path_rate=0.2),
+        lambda: FusedMBConv(8, 8, expand_ratio=4, se_ratio=0.25),
+        lambda: FusedMBConv(8, 12, expand_ratio=1, strides=2),
+    ],
+    ids=["mbconv_e4_s2_se", "mbconv_e1", "fused_e4_se", "fused_e1_s2"],
+)
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 3e-2)])
+def test_inference_with_batch_norm_folded_into_convs_is_unchanged(make_block, dtype, tolerance,
+                                                                  monkeypatch):
+    from efficientnetv2 import blocks
+
+    keras.config.set_dtype_policy(dtype)
+    try:
+        block = make_block()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 8)).astype("float32")
+    block(x)
+    rng = np.random.default_rng(1)
+    bns = [l for l in block._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    for bn in bns:  # statistics and affine far from the identity, so a wrong fold shows
+        bn.set_weights([rng.uniform(0.5, 1.5, bn.gamma.shape), rng.normal(0, 0.5, bn.beta.shape),
+                        rng.normal(0, 0.5, bn.moving_mean.shape),
+                        rng.uniform(0.3, 2.0, bn.moving_variance.shape)])
+    assert blocks._foldable(block.project_conv, block.project_bn) == (
+        keras.backend.backend() == "tensorflow")
+    folded = np.array(block(x, training=False), "float32")
+    monkeypatch.setattr(blocks, "_foldable", lambda conv, bn: False)
+    plain = np.array(block(x, training=False), "float32")
+    np.testing.assert_allclose(folded, plain, atol=tolerance * np.abs(plain).max())
