@@ -6,9 +6,12 @@ defaults, input preprocessing inside both), compiles both with RMSprop (the pape
 momentum 0.9, epsilon 1e-3) and sparse cross-entropy, and times, alternating the two models within
 each repetition:
 
-- train: ``model.fit`` over ``--steps`` in-memory batches (one epoch; the compiled train function),
-- predict: ``model.predict`` over the same batches (training=False; Keras' data pipeline included),
-- call: ``model.predict_on_batch`` on each batch (the compiled predict function alone).
+- train: ``model.train_on_batch`` on each of ``--steps`` in-memory batches (the compiled train
+  function alone),
+- fit: ``model.fit`` over the same batches (one epoch; Keras' data pipeline and callbacks included,
+  which on a busy 2-core machine makes its times much noisier),
+- call: ``model.predict_on_batch`` on each batch (the compiled predict function alone),
+- predict: ``model.predict`` over the same batches (Keras' data pipeline included).
 
 It prints img/s of both (medians over repetitions of wall time) and ours/keras, the median of the
 per-repetition speed ratios, from wall time and from process CPU time (the latter is less disturbed
@@ -82,17 +85,21 @@ def measure(models, image_size, batch_size, steps, repeats, modes, num_classes=1
     x = rng.uniform(0, 255, (n, image_size, image_size, 3)).astype("float32")
     y = rng.integers(0, num_classes, (n,)).astype("int32")
 
-    def train(model):
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+    def fit(model):
         return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+
+    def train(model):
+        return lambda: [model.train_on_batch(a, b) for a, b in batches]
 
     def predict(model):
         return lambda: model.predict(x, batch_size=batch_size, verbose=0)
 
     def call(model):
-        batches = [x[i : i + batch_size] for i in range(0, n, batch_size)]
-        return lambda: [np.asarray(model.predict_on_batch(b)) for b in batches]
+        return lambda: [np.asarray(model.predict_on_batch(a)) for a, _ in batches]
 
-    make = {"train": train, "predict": predict, "call": call}
+    make = {"fit": fit, "train": train, "predict": predict, "call": call}
     results = {}
     for mode in modes:
         fns = {name: make[mode](model) for name, model in models.items()}
@@ -109,12 +116,13 @@ def _parse_args(argv):
     parser.add_argument("--image_sizes", default="128,224")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="batches per timed call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed training calls per model")
-    parser.add_argument("--infer_repeats", type=int, default=15,
-                        help="timed predict/call calls per model (cheaper, so more of them)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed train/fit calls per model")
+    parser.add_argument("--infer_repeats", type=int, default=10,
+                        help="timed call/predict calls per model (cheaper, so more of them)")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--jit_compile", default="auto", choices=["auto", "true", "false"])
-    parser.add_argument("--modes", default="train,predict,call")
+    parser.add_argument("--modes", default="train,fit,call",
+                        help="of train, fit, call, predict")
     return parser.parse_args(argv)
 
 
@@ -129,7 +137,7 @@ def main(argv=None):
         precision=args.precision,
         batch_size=args.batch_size,
         steps_per_call=args.steps,
-        repeats=f"{args.repeats} (train), {args.infer_repeats} (predict, call)",
+        repeats=f"{args.repeats} (train, fit), {args.infer_repeats} (call, predict)",
         jit_compile=args.jit_compile,
     )
     timing.print_conditions(info)
@@ -138,8 +146,8 @@ def main(argv=None):
         for size in sizes:
             start = time.perf_counter()
             models = build_pair(variant, size, jit)
-            repeats = {"train": args.repeats, "predict": args.infer_repeats,
-                       "call": args.infer_repeats}
+            repeats = {"train": args.repeats, "fit": args.repeats, "call": args.infer_repeats,
+                       "predict": args.infer_repeats}
             results = measure(models, size, args.batch_size, args.steps, repeats, modes)
             images = args.batch_size * args.steps
             for mode in modes:
