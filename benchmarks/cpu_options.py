@@ -1,10 +1,12 @@
 """Which TensorFlow-backend options train fastest on this CPU: XLA (``jit_compile``) and bf16.
 
 Builds one model per combination of ``jit_compile`` off/on and ``float32``/``mixed_bfloat16`` (a
-small real variant: B0 at 128 px by default), compiles each with RMSprop, and times ``fit`` on the
-same in-memory batches, alternating the combinations within each repetition; then, likewise,
-``predict``. Prints img/s and the speed relative to float32 without XLA, with the CPU's bf16 flags
-(AVX512-BF16 and AMX-BF16 are what make bf16 fast on a CPU).
+small real variant: B0 at 128 px by default), compiles each with RMSprop, and times training on the
+same in-memory batches with ``train_on_batch`` (the compiled train step), alternating the
+combinations within each repetition; then, likewise, ``predict_on_batch``. Prints img/s and the
+speed relative to float32 without XLA (from wall and from process CPU time), with the CPU's bf16
+flags (AVX512-BF16 and AMX-BF16 are what make bf16 fast on a CPU). XLA on CPU compiles for minutes:
+``--jit_compile off`` skips it.
 
     python benchmarks/cpu_options.py
     python benchmarks/cpu_options.py --variant s --image_size 128 --batch_size 8
@@ -77,10 +79,11 @@ def main(argv=None):
     images = args.batch_size * args.steps
     x = rng.uniform(0, 255, (images, args.image_size, args.image_size, 3)).astype("float32")
     y = rng.integers(0, 1000, (images,)).astype("int32")
-    calls = {
-        "train": lambda m: lambda: m.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0,
-                                         shuffle=False),
-        "infer": lambda m: lambda: m.predict(x, batch_size=args.batch_size, verbose=0),
+    batches = [(x[i : i + args.batch_size], y[i : i + args.batch_size])
+               for i in range(0, images, args.batch_size)]
+    calls = {  # the compiled train and predict functions on in-memory batches
+        "train": lambda m: lambda: [m.train_on_batch(a, b) for a, b in batches],
+        "infer": lambda m: lambda: [np.asarray(m.predict_on_batch(a)) for a, _ in batches],
     }
     results = {}
     for mode in modes:
@@ -88,9 +91,11 @@ def main(argv=None):
         first = timing.interleave(fns, 1)
         print(f"# {mode} first calls (trace/compile): "
               + ", ".join(f"{n} {t[0]:.0f} s" for n, t in first.items()), flush=True)
-        times = timing.interleave(fns, args.repeats)
+        cpu = {}
+        times = timing.interleave(fns, args.repeats, cpu_times=cpu)
         results[mode] = {
-            name: (images / timing.median(t), timing.paired_ratio(t, times[names[0]]))
+            name: (images / timing.median(t), timing.paired_ratio(t, times[names[0]]),
+                   timing.paired_ratio(cpu[name], cpu[names[0]]))
             for name, t in times.items()
         }
         if mode == "train":
@@ -104,13 +109,13 @@ def main(argv=None):
           f"{timing.conditions()['load average (1, 5, 15 min)']}")
     headers = ["precision, XLA"]
     for mode in modes:
-        headers += [f"{mode} img/s", f"{mode} vs {names[0]}"]
+        headers += [f"{mode} img/s", f"{mode} vs {names[0]} (wall / CPU time)"]
     rows = []
     for name in names:
         row = [name]
         for mode in modes:
-            images_s, ratio = results[mode][name]
-            row += [f"{images_s:.1f}", f"{ratio:.2f}x"]
+            images_s, ratio, cpu_ratio = results[mode][name]
+            row += [f"{images_s:.1f}", f"{ratio:.2f}x / {cpu_ratio:.2f}x"]
         rows.append(row)
     print()
     print(timing.markdown_table(headers, rows))

@@ -9,9 +9,10 @@ the parameter counts come out above the paper's). ``--fused_kernel_size 3`` make
 kernels).
 
 For each version it prints parameters, multiply-adds per image (``efficientnetv2.flops``) at the
-run's image size and at 380 px (B4's), and training (``fit``, RMSprop) and inference (``predict``)
-img/s, all four models timed in one process, alternating within each repetition, plus the paper's
-figures for reference. Needs only keras and numpy with the backend of ``KERAS_BACKEND``:
+run's image size and at 380 px (B4's), and training (``train_on_batch``, RMSprop) and inference
+(``predict_on_batch``) img/s on in-memory batches, all four models timed in one process, alternating
+within each repetition, with speeds relative to the unfused network from wall and from process CPU
+time (steadier on a shared machine), plus the paper's figures for reference. Needs only keras and numpy with the backend of ``KERAS_BACKEND``:
 
     python benchmarks/fused_ablation.py                                   # TensorFlow, CPU
     KERAS_BACKEND=jax python benchmarks/fused_ablation.py --image_size 224 --batch_size 32
@@ -112,7 +113,7 @@ def _parse_args(argv):
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="batches per timed call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per model and mode")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per model and mode")
     parser.add_argument("--fused_stages", default="0,3,5,7")
     parser.add_argument("--fused_kernel_size", type=int, help="default: keep each stage's kernel")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
@@ -145,10 +146,11 @@ def main(argv=None):
     images = args.batch_size * args.steps
     x = rng.normal(0, 1, (images, args.image_size, args.image_size, 3)).astype("float32")
     y = rng.integers(0, 1000, (images,)).astype("int32")
-    calls = {
-        "train": lambda m: lambda: m.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0,
-                                         shuffle=False),
-        "infer": lambda m: lambda: m.predict(x, batch_size=args.batch_size, verbose=0),
+    batches = [(x[i : i + args.batch_size], y[i : i + args.batch_size])
+               for i in range(0, images, args.batch_size)]
+    calls = {  # the compiled train and predict functions on in-memory batches
+        "train": lambda m: lambda: [m.train_on_batch(a, b) for a, b in batches],
+        "infer": lambda m: lambda: [np.asarray(m.predict_on_batch(a)) for a, _ in batches],
     }
     speed = {mode: {} for mode in modes}
     for mode in modes:
@@ -156,21 +158,24 @@ def main(argv=None):
         first = timing.interleave(fns, 1)  # traces / compiles
         print(f"# {mode}: first calls (compile) "
               + ", ".join(f"{_label(n)} {t[0]:.0f} s" for n, t in first.items()), flush=True)
-        times = timing.interleave(fns, args.repeats)
+        cpu = {}
+        times = timing.interleave(fns, args.repeats, cpu_times=cpu)
         for n in fused:
             speed[mode][n] = images / timing.median(times[n])
         base = fused[0]
         rel = {n: timing.paired_ratio(times[n], times[base]) for n in fused}
         speed[mode]["rel"] = rel
+        speed[mode]["cpu"] = {n: timing.paired_ratio(cpu[n], cpu[base]) for n in fused}
         print(f"# {mode}: " + ", ".join(
-            f"{_label(n)} {speed[mode][n]:.1f} img/s ({rel[n]:.2f}x)" for n in fused), flush=True)
+            f"{_label(n)} {speed[mode][n]:.1f} img/s ({rel[n]:.2f}x wall, "
+            f"{speed[mode]['cpu'][n]:.2f}x CPU time)" for n in fused), flush=True)
     print(f"# total {time.perf_counter() - start:.0f} s; load average after: "
           f"{timing.conditions()['load average (1, 5, 15 min)']}")
 
     headers = ["fused stages", "params (trainable)", f"GMACs @{args.image_size}",
                f"GMACs @{B4_SIZE}"]
     for mode in modes:
-        headers += [f"{mode} img/s", f"{mode} vs {_label(fused[0])}"]
+        headers += [f"{mode} img/s", f"{mode} vs {_label(fused[0])} (wall / CPU time)"]
     headers += ["paper params", "paper FLOPs", "paper top-1", "paper TPUv3 img/s/core",
                 "paper V100 img/s"]
     rows = []
@@ -178,7 +183,8 @@ def main(argv=None):
         row = [_label(n), f"{_trainable(models[n]) / 1e6:.1f}M",
                f"{flops[n][args.image_size] / 1e9:.2f}", f"{flops[n][B4_SIZE] / 1e9:.1f}"]
         for mode in modes:
-            row += [f"{speed[mode][n]:.1f}", f"{speed[mode]['rel'][n]:.2f}x"]
+            row += [f"{speed[mode][n]:.1f}",
+                    f"{speed[mode]['rel'][n]:.2f}x / {speed[mode]['cpu'][n]:.2f}x"]
         row += list(PAPER.get(n, ("",) * 5))
         rows.append(row)
     print()
