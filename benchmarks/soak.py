@@ -81,18 +81,18 @@ def main():
 
     total = args.epochs * args.steps_per_epoch
     cycles = {"SIGTERM": 0, "SIGKILL": 0}
-    lost_after_sigterm, replayed_after_sigkill = 0, 0
+    gaps = {"SIGTERM": 0, "SIGKILL": 0}  # steps completed before a signal that the restart redid
     previous = None  # (signal name, last completed step before the signal)
+
+    def count_gap(start):
+        if previous is not None and start is not None:
+            gaps[previous[0]] += max(0, previous[1] - start)
+
     for cycle in range(args.cycles):
         name = rng.choice(["SIGTERM", "SIGKILL"])
         code, start, last = run_until(soaked, args, rng.uniform(args.min_delay, args.max_delay),
                                       getattr(signal, name))
-        if previous is not None and start is not None:
-            kind, before = previous
-            if kind == "SIGTERM":
-                lost_after_sigterm += max(0, before - start)
-            else:
-                replayed_after_sigkill += max(0, before - start)
+        count_gap(start)
         if code == 0:
             print(f"cycle {cycle + 1}: the run completed before the signal", flush=True)
             break
@@ -101,12 +101,8 @@ def main():
             previous = (name, last)
         print(f"cycle {cycle + 1}: {name} after step {last} (started at {start}), exit {code}", flush=True)
     final_code, start, last = run_until(soaked, args, 3600, signal.SIGKILL)
-    if previous is not None and start is not None:
-        kind, before = previous
-        if kind == "SIGTERM":
-            lost_after_sigterm += max(0, before - start)
-        else:
-            replayed_after_sigkill += max(0, before - start)
+    count_gap(start)
+    lost_after_sigterm, replayed_after_sigkill = gaps["SIGTERM"], gaps["SIGKILL"]
     a, b = checkpoint_values(straight)[1], checkpoint_values(soaked)[1]
     same = sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     print()
