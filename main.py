@@ -88,11 +88,12 @@ def main(argv):
                          os.path.join(model_dir, "checkpoints"))
             if FLAGS.mode == "train":
                 results = training.evaluate(config, model_dir, strategy)
-                logging.info("Evaluation (EMA weights, %d px): %s", results["image_size"], _fmt(results))
+                logging.info("Evaluation (%s, %d px): %s", _weights(results), results["image_size"], _fmt(results))
         elif FLAGS.mode == "eval":
             results = training.evaluate(config, model_dir, strategy, FLAGS.checkpoint)
             print(f"top1 {results.get('top1', float('nan')):.4f} top5 {results.get('top5', float('nan')):.4f} "
-                  f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px)")
+                  f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
+                  f"{_weights(results)})")
         elif FLAGS.mode == "export":
             from efficientnetv2 import export
 
@@ -117,6 +118,10 @@ def main(argv):
         logging.error("%s: %s", type(e).__name__, e)
         return 1
     return 0
+
+
+def _weights(results):
+    return "EMA weights" if results.get("ema") else "training weights"
 
 
 def _fmt(results):

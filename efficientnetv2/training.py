@@ -296,7 +296,7 @@ def _evaluate_model(model, optimizer, strategy, source, plan, eval_config):
     data = _eval_dataset(strategy, source, plan, eval_config)
     with optimizers.swap_ema_weights(model, optimizer) as used_ema:
         results = model.evaluate(data, steps=eval_config.steps, verbose=0, return_dict=True)
-    results["ema"] = float(used_ema)
+    results["ema"] = bool(used_ema)
     return results
 
 

@@ -1,0 +1,78 @@
+"""The command line end to end: train -> eval -> export -> predict on a tiny run, in fresh processes.
+
+Each mode runs `main.py` the way a user does; the test checks what each one promises on its output
+and on disk, and that the run's own config.yaml carries the model settings to the later modes.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.training_helpers import tiny_hparams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _main(*args, timeout=300):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_train_eval_export_predict(tmp_path):
+    model_dir = str(tmp_path / "run")
+    hparams = tiny_hparams(**{"train.epochs": 2, "train.steps_per_epoch": 2})
+    train = _main("--mode=train", "--model=s", "--dataset=synthetic", f"--model_dir={model_dir}",
+                  f"--hparams={hparams}")
+    assert train.returncode == 0, train.stderr[-3000:]
+    log = train.stderr
+    assert "SYNTHETIC data" in log
+    assert "Stage 1/2" in log and "Stage 2/2" in log
+    assert "Training done: epoch 2" in log
+    assert "Evaluation (EMA weights, 48 px)" in log
+    assert os.path.isfile(os.path.join(model_dir, "config.yaml"))
+
+    # Later modes read the run's config.yaml: no --model or --hparams needed.
+    evaluation = _main("--mode=eval", f"--model_dir={model_dir}")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    line = [l for l in evaluation.stdout.splitlines() if l.startswith("top1 ")]
+    assert line, evaluation.stdout
+    top1, top5 = float(line[0].split()[1]), float(line[0].split()[3])
+    assert 0.0 <= top1 <= top5 <= 1.0
+    assert "epoch 2, 48 px" in line[0]
+
+    export_dir = str(tmp_path / "export")
+    exported = _main("--mode=export", f"--model_dir={model_dir}", f"--export_dir={export_dir}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "Exported" in exported.stderr
+    assert os.path.isfile(os.path.join(export_dir, "saved_model", "saved_model.pb"))
+    assert os.path.isfile(os.path.join(export_dir, "model.keras"))
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)).save(image)
+    predicted = _main("--mode=predict", f"--model_dir={model_dir}", f"--image={image}")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = predicted.stdout.splitlines()
+    assert lines[0] == str(image)
+    probabilities = [float(l.split()[0]) for l in lines[1:6]]
+    assert len(probabilities) == 5
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0.0 < sum(probabilities) <= 1.0 + 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=train", "--hparams=train.epoks=3"], "did you mean 'train.epochs'"),
+    (["--mode=train", "--hparams=train.batch_size=-8"], "train.batch_size"),
+    (["--mode=train", "--model=s7"], "s7"),
+    (["--mode=eval"], "--mode=eval needs --model_dir"),
+])
+def test_bad_command_lines_fail_before_any_work(tmp_path, args, message):
+    run = _main(*args, timeout=120) if "--mode=eval" in args else _main(
+        *args, f"--model_dir={tmp_path / 'run'}", timeout=120)
+    assert run.returncode != 0
+    assert message in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
