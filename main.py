@@ -9,6 +9,7 @@ This file is intentionally short: it reads the flags and calls the libraries, wh
 """
 
 import datetime
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -58,9 +59,15 @@ def _load_config(model_dir):
     )
 
 
+def _drop_tensorflow_info(record):
+    return record.levelno > std_logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # TensorFlow's own INFO lines (e.g. each checkpoint's "Sharding callback duration") drown ours.
+    logging.get_absl_handler().addFilter(_drop_tensorflow_info)
     from hparams.config import ConfigError
 
     model_dir = _model_dir()

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -237,6 +238,25 @@ def _write_or_check_config(config, model_dir, allow_config_change, chief):
     return path
 
 
+class _EpochProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar under a header that places the epoch in the run: ``fit`` trains one epoch
+    per call here, so Keras' own header would read "Epoch 3/3"."""
+
+    def __init__(self, header):
+        super().__init__()
+        self.header = header
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = 1  # Keras prints its header only for several epochs.
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.verbose:
+            sys.stdout.write(self.header + "\n")
+            sys.stdout.flush()
+        super().on_epoch_begin(epoch, logs)
+
+
 class _RunMonitor(keras.callbacks.Callback):
     """Per-epoch bookkeeping: images/s and learning rate in the logs, the batch position for SIGTERM
     saves, and a stop on non-finite loss."""
@@ -401,7 +421,10 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
         data = strategy.distribute_datasets_from_function(fn)
         monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
         previous_handler = _install_sigterm(monitor)
-        epoch_callbacks = [stage_callback, monitor] + ([tensorboard] if tensorboard else []) + list(callbacks)
+        header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
+                  f"{params.image_size} px" + (f", resumed at step {skip}" if skip else "") + ")")
+        epoch_callbacks = ([_EpochProgbar(header), stage_callback, monitor] + ([tensorboard] if tensorboard else [])
+                           + list(callbacks))
         try:
             history = model.fit(
                 data,

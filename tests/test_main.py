@@ -34,6 +34,9 @@ def test_train_eval_export_predict(tmp_path):
     assert "Stage 1/2" in log and "Stage 2/2" in log
     assert "Training done: epoch 2" in log
     assert "Evaluation (EMA weights, 48 px)" in log
+    # The progress bar's header places each epoch in the run (fit runs one epoch per call).
+    assert "Epoch 1/2 (stage 1/2, 32 px)" in train.stdout and "Epoch 2/2 (stage 2/2, 48 px)" in train.stdout
+    assert "Epoch 2/2\n" not in train.stdout
     assert os.path.isfile(os.path.join(model_dir, "config.yaml"))
 
     # Later modes read the run's config.yaml: no --model or --hparams needed.
