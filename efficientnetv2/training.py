@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 from absl import logging
 import keras
@@ -314,7 +315,10 @@ def _eval_dataset(strategy, source, plan, eval_config):
 
 def _evaluate_model(model, optimizer, strategy, source, plan, eval_config):
     data = _eval_dataset(strategy, source, plan, eval_config)
-    with optimizers.swap_ema_weights(model, optimizer) as used_ema:
+    with optimizers.swap_ema_weights(model, optimizer) as used_ema, warnings.catch_warnings():
+        if eval_config.steps is None:
+            # A full pass ends when the data does; Keras 3.15 warns about it all the same.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
         results = model.evaluate(data, steps=eval_config.steps, verbose=0, return_dict=True)
     results["ema"] = bool(used_ema)
     return results
