@@ -4,6 +4,7 @@
 # That machine has JAX but neither TensorFlow nor Keras, and cannot download: Keras travels as wheels.
 #   here, once:  bash benchmarks/gpu_device.sh --fetch      # keras 3.15.1, namex, optree -> .whl/
 #   there:       device run, command "bash benchmarks/gpu_device.sh", carry [".whl"], timeout_s 540
+# Further arguments go to both benchmark commands (e.g. --steps 10).
 # S first (the targets: >= 3,000 training img/s at 300 px, >= 6,000 inference img/s at
 # 384 px), then M and L while time is left. Everything printed is also written to $OUT/gpu.txt, so
 # a run stopped at its limit still returns what it measured.
@@ -25,6 +26,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KERAS_BACKEND=jax
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    timeout 300 python3 benchmarks/gpu_train_throughput.py --variants s --start_batch 64
-    timeout 200 python3 benchmarks/gpu_train_throughput.py --variants m,l --start_batch 32
+    timeout 300 python3 benchmarks/gpu_train_throughput.py --variants s --start_batch 64 "$@"
+    timeout 200 python3 benchmarks/gpu_train_throughput.py --variants m,l --start_batch 32 "$@"
 } 2>&1 | tee "$OUT/gpu.txt"
