@@ -146,12 +146,7 @@ def main(argv=None):
     images = args.batch_size * args.steps
     x = rng.normal(0, 1, (images, args.image_size, args.image_size, 3)).astype("float32")
     y = rng.integers(0, 1000, (images,)).astype("int32")
-    batches = [(x[i : i + args.batch_size], y[i : i + args.batch_size])
-               for i in range(0, images, args.batch_size)]
-    calls = {  # the compiled train and predict functions on in-memory batches
-        "train": lambda m: lambda: [m.train_on_batch(a, b) for a, b in batches],
-        "infer": lambda m: lambda: [np.asarray(m.predict_on_batch(a)) for a, _ in batches],
-    }
+    calls = timing.compiled_step_calls(x, y, args.batch_size)
     speed = {mode: {} for mode in modes}
     for mode in modes:
         fns = {n: calls[mode](models[n]) for n in fused}

@@ -85,21 +85,15 @@ def measure(models, image_size, batch_size, steps, repeats, modes, num_classes=1
     x = rng.uniform(0, 255, (n, image_size, image_size, 3)).astype("float32")
     y = rng.integers(0, num_classes, (n,)).astype("int32")
 
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+    steps = timing.compiled_step_calls(x, y, batch_size)
 
     def fit(model):
         return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
 
-    def train(model):
-        return lambda: [model.train_on_batch(a, b) for a, b in batches]
-
     def predict(model):
         return lambda: model.predict(x, batch_size=batch_size, verbose=0)
 
-    def call(model):
-        return lambda: [np.asarray(model.predict_on_batch(a)) for a, _ in batches]
-
-    make = {"fit": fit, "train": train, "predict": predict, "call": call}
+    make = {"fit": fit, "train": steps["train"], "predict": predict, "call": steps["infer"]}
     results = {}
     for mode in modes:
         fns = {name: make[mode](model) for name, model in models.items()}

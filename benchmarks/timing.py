@@ -12,9 +12,11 @@ import platform
 import statistics
 import time
 
+import numpy as np
+
 __all__ = [
     "conditions", "print_conditions", "interleave", "median", "paired_ratio", "markdown_table",
-    "cpu_flags",
+    "cpu_flags", "compiled_step_calls",
 ]
 
 
@@ -97,6 +99,16 @@ def interleave(fns, repeats, cpu_times=None):
             if cpu_times is not None:
                 cpu_times.setdefault(name, []).append(time.process_time() - cpu)
     return times
+
+
+def compiled_step_calls(x, y, batch_size):
+    """How to time a compiled model's steps alone on in-memory batches of ``x``, ``y``:
+    ``{"train": model -> (() -> train_on_batch on every batch), "infer": ... predict_on_batch}``."""
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return {
+        "train": lambda model: lambda: [model.train_on_batch(a, b) for a, b in batches],
+        "infer": lambda model: lambda: [np.asarray(model.predict_on_batch(a)) for a, _ in batches],
+    }
 
 
 def median(values):

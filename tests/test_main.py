@@ -68,14 +68,13 @@ def test_train_eval_export_predict(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--mode=train", "--hparams=train.epoks=3"], "did you mean 'train.epochs'"),
-    (["--mode=train", "--hparams=train.batch_size=-8"], "train.batch_size"),
-    (["--mode=train", "--model=s7"], "s7"),
+    (["--mode=train", "--model_dir={run}", "--hparams=train.epoks=3"], "did you mean 'train.epochs'"),
+    (["--mode=train", "--model_dir={run}", "--hparams=train.batch_size=-8"], "train.batch_size"),
+    (["--mode=train", "--model_dir={run}", "--model=s7"], "s7"),
     (["--mode=eval"], "--mode=eval needs --model_dir"),
 ])
 def test_bad_command_lines_fail_before_any_work(tmp_path, args, message):
-    run = _main(*args, timeout=120) if "--mode=eval" in args else _main(
-        *args, f"--model_dir={tmp_path / 'run'}", timeout=120)
+    run = _main(*[a.format(run=tmp_path / "run") for a in args], timeout=120)
     assert run.returncode != 0
     assert message in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
