@@ -66,10 +66,11 @@ def run_until(model_dir, args, delay, sig):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--steps_per_epoch", type=int, default=10)
-    parser.add_argument("--min_delay", type=float, default=12.0)
-    parser.add_argument("--max_delay", type=float, default=40.0)
+    parser.add_argument("--min_delay", type=float,
+                        help="seconds (default: 0.1 x the uninterrupted run's time, start-up included)")
+    parser.add_argument("--max_delay", type=float, help="seconds (default: 0.3 x that time)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -77,7 +78,12 @@ def main():
     straight, soaked = os.path.join(work, "straight"), os.path.join(work, "soaked")
     t0 = time.time()
     subprocess.run(command(straight, args), cwd=ROOT, env=ENV, check=True, capture_output=True)
-    print(f"uninterrupted run: {time.time() - t0:.0f} s", flush=True)
+    straight_s = time.time() - t0
+    # Delays scaled to this machine's speed: each restarted run gets a fraction of the work done, so
+    # that the cycles' signals land in start-up and training, not after the end.
+    min_delay = args.min_delay if args.min_delay is not None else 0.1 * straight_s
+    max_delay = args.max_delay if args.max_delay is not None else 0.3 * straight_s
+    print(f"uninterrupted run: {straight_s:.0f} s; signals after {min_delay:.0f}-{max_delay:.0f} s", flush=True)
 
     total = args.epochs * args.steps_per_epoch
     cycles = {"SIGTERM": 0, "SIGKILL": 0}
@@ -90,7 +96,7 @@ def main():
 
     for cycle in range(args.cycles):
         name = rng.choice(["SIGTERM", "SIGKILL"])
-        code, start, last = run_until(soaked, args, rng.uniform(args.min_delay, args.max_delay),
+        code, start, last = run_until(soaked, args, rng.uniform(min_delay, max_delay),
                                       getattr(signal, name))
         count_gap(start)
         if code == 0:
