@@ -11,6 +11,7 @@ This file is intentionally short: it reads the flags and calls the libraries, wh
 import datetime
 import logging as std_logging
 import os
+import re
 
 from absl import app, flags, logging
 
@@ -78,53 +79,80 @@ def main(argv):
         return 2
     logging.info("Model folder: %s", os.path.abspath(model_dir))
 
-    from efficientnetv2 import distribute, training
+    import tensorflow as tf
+
+    from efficientnetv2 import distribute, run_lock, training
     from efficientnetv2.checkpointing import CheckpointError
 
-    strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu)
     try:
-        if FLAGS.mode in ("train", "train_and_eval"):
-            result = training.train(
-                config,
-                model_dir,
-                strategy,
-                evaluate_each_epoch=FLAGS.mode == "train_and_eval",
-                allow_config_change=FLAGS.allow_config_change,
-            )
-            logging.info("Training done: epoch %d; checkpoints in %s", result["epoch"],
-                         os.path.join(model_dir, "checkpoints"))
-            if FLAGS.mode == "train":
-                results = training.evaluate(config, model_dir, strategy)
-                logging.info("Evaluation (%s, %d px): %s", _weights(results), results["image_size"], _fmt(results))
-        elif FLAGS.mode == "eval":
-            results = training.evaluate(config, model_dir, strategy, FLAGS.checkpoint)
-            print(f"top1 {results.get('top1', float('nan')):.4f} top5 {results.get('top5', float('nan')):.4f} "
-                  f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
-                  f"{_weights(results)})")
-        elif FLAGS.mode == "export":
-            from efficientnetv2 import export
-
-            export_dir = FLAGS.export_dir or os.path.join(model_dir, "export")
-            written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
-            for kind, path in written.items():
-                logging.info("Exported %s: %s", kind, path)
-        elif FLAGS.mode == "predict":
-            from efficientnetv2 import export
-
-            if not FLAGS.image:
-                raise app.UsageError("--mode=predict needs at least one --image")
-            for image, top5 in export.predict_files(config, model_dir, FLAGS.image, FLAGS.checkpoint):
-                print(image)
-                for name, prob in top5:
-                    print(f"  {prob:7.4f}  {name}")
+        return _run(config, model_dir, distribute.get_strategy(FLAGS.strategy, FLAGS.tpu))
     except training.Preempted as e:
         logging.warning("%s", e)
         return training.PREEMPTED_EXIT_CODE
-    except (ConfigError, CheckpointError, training.NonFiniteLoss, training.DataExhausted, FileNotFoundError,
-            ValueError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
+    except (ConfigError, CheckpointError, run_lock.RunLocked, training.NonFiniteLoss, training.DataExhausted,
+            OSError, ValueError, tf.errors.OpError) as e:
+        # One line saying what and where; the traceback only with --verbosity=1 or more.
+        if logging.level_debug():
+            logging.exception("%s: %s", type(e).__name__, _one_line(e))
+        else:
+            logging.error("%s: %s (--verbosity=1 shows the traceback)", type(e).__name__, _one_line(e))
         return 1
+
+
+def _run(config, model_dir, strategy):
+    from efficientnetv2 import training
+
+    if FLAGS.mode in ("train", "train_and_eval"):
+        result = training.train(
+            config,
+            model_dir,
+            strategy,
+            evaluate_each_epoch=FLAGS.mode == "train_and_eval",
+            allow_config_change=FLAGS.allow_config_change,
+        )
+        logging.info("Training done: epoch %d; checkpoints in %s", result["epoch"],
+                     os.path.join(model_dir, "checkpoints"))
+        if FLAGS.mode == "train":
+            results = training.evaluate(config, model_dir, strategy)
+            logging.info("Evaluation (%s, %d px): %s", _weights(results), results["image_size"], _fmt(results))
+    elif FLAGS.mode == "eval":
+        results = training.evaluate(config, model_dir, strategy, FLAGS.checkpoint)
+        print(f"top1 {results.get('top1', float('nan')):.4f} top5 {results.get('top5', float('nan')):.4f} "
+              f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
+              f"{_weights(results)})")
+    elif FLAGS.mode == "export":
+        from efficientnetv2 import export
+
+        export_dir = FLAGS.export_dir or os.path.join(model_dir, "export")
+        written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
+        for kind, path in written.items():
+            logging.info("Exported %s: %s", kind, path)
+    elif FLAGS.mode == "predict":
+        from efficientnetv2 import export
+
+        if not FLAGS.image:
+            raise app.UsageError("--mode=predict needs at least one --image")
+        failed = 0
+        for image, top5, error in export.predict_files(config, model_dir, FLAGS.image, FLAGS.checkpoint):
+            if error is not None:
+                failed += 1
+                logging.error("%s", error)
+                continue
+            print(image)
+            for name, prob in top5:
+                print(f"  {prob:7.4f}  {name}")
+        if failed:
+            logging.error("%d of %d images could not be predicted (see above).", failed, len(FLAGS.image))
+            return 1
     return 0
+
+
+def _one_line(error):
+    """The first line of an error's message, without TensorFlow's graph-node and op annotations."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    message = re.sub(r"\{\{function_node .*?\}\}|\[Op:[^\]]*\]", "", message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:800]
 
 
 def _weights(results):

@@ -10,6 +10,7 @@ Exit paths: returns normally when all epochs are done; raises ``Preempted`` afte
 leaving the last good checkpoint as the newest.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
-from efficientnetv2 import distribute, optimizers, progressive, schedules
+from efficientnetv2 import distribute, optimizers, progressive, run_lock, schedules
 from efficientnetv2.checkpointing import RunCheckpoint
 from efficientnetv2.model import build_model
 from efficientnetv2.variants import get_variant
@@ -86,12 +87,23 @@ def _progressive_spec(config, spec):
 def make_plan(config, source, num_replicas=1, device="cpu"):
     """Resolves the config against the variant and the data; raises ConfigError on a bad combination."""
     spec = get_variant(config.model.variant)
+    config_lib.validate(config, num_replicas=num_replicas)  # The rules of single values first.
     epochs = config.train.epochs
     if config.progressive.enabled:
         pspec = _progressive_spec(config, spec)
-        stages = [schedules.stage_params(i, config.progressive.num_stages, pspec)
-                  for i in range(config.progressive.num_stages)]
-        bounds = schedules.stage_epochs(epochs, config.progressive.num_stages)
+        if pspec.image_size[0] > pspec.image_size[1]:
+            raise config_lib.ConfigError(
+                f"progressive image sizes {pspec.image_size[0]} -> {pspec.image_size[1]} shrink; set "
+                "progressive.image_size_start <= progressive.image_size_end (the variant's range is "
+                f"{spec.image_size.start} -> {spec.image_size.end})"
+            )
+        num_stages = config.progressive.num_stages
+        if 0 < epochs < num_stages:
+            logging.warning("progressive.num_stages = %d but train.epochs = %d: training in %d stages "
+                            "(every stage needs at least one epoch).", num_stages, epochs, epochs)
+            num_stages = epochs
+        stages = [schedules.stage_params(i, num_stages, pspec) for i in range(num_stages)]
+        bounds = schedules.stage_epochs(epochs, num_stages)
     else:
         dropout = spec.dropout_rate if config.model.dropout_rate is None else config.model.dropout_rate
         stages, bounds = progressive.fixed_schedule(
@@ -216,27 +228,58 @@ def _setup_precision_and_seed(config, plan):
         tf.config.experimental.enable_op_determinism()
 
 
-def _write_or_check_config(config, model_dir, allow_config_change, chief):
+def _has_checkpoint(model_dir):
+    return bool(tf.io.gfile.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
+
+
+def _check_config(config, model_dir, allow_config_change):
+    """Refuses to resume a run with another config (unless allowed). A ``config.yaml`` without any
+    checkpoint is left by an attempt that failed before it trained: this command starts the run anew."""
     path = os.path.join(model_dir, "config.yaml")
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            previous = config_lib.from_dict(config_lib.yaml.safe_load(f.read()), source=path)
-        changed = config_lib.diff(previous, config)
-        if changed and not allow_config_change:
-            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise config_lib.ConfigError(
-                f"{model_dir} holds a run with another config ({lines}); resume with the same "
-                "config, use another --model_dir, or pass --allow_config_change"
-            )
-        if changed:
-            logging.warning("Config changed on resume (allowed): %s", changed)
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
-        tmp = path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(config_lib.dump(config))
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+    if not tf.io.gfile.exists(path):
+        return
+    if not _has_checkpoint(model_dir):
+        logging.info("%s is from an attempt that saved no checkpoint; this command's config replaces it.", path)
+        return
+    with tf.io.gfile.GFile(path) as f:
+        previous = config_lib.from_dict(config_lib.yaml.safe_load(f.read()), source=path)
+    changed = config_lib.diff(previous, config)
+    if changed and not allow_config_change:
+        lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise config_lib.ConfigError(
+            f"{model_dir} holds a run with another config ({lines}); resume with the same "
+            "config, use another --model_dir, or pass --allow_config_change"
+        )
+    if changed:
+        logging.warning("Config changed on resume (allowed): %s", changed)
+
+
+def _write_config(config, model_dir):
+    """Writes ``model_dir/config.yaml`` atomically (a temporary file renamed over it)."""
+    path = os.path.join(model_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(config_lib.dump(config))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def _check_model_dir(model_dir):
+    """Creates ``model_dir`` and proves it writable, or raises an OSError saying what is wrong with it."""
+    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+        raise NotADirectoryError(f"--model_dir {model_dir} is a file, not a folder; pass a folder for the run")
+    if "://" in model_dir:
+        tf.io.gfile.makedirs(model_dir)
+        return
+    probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("probe\n")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"--model_dir {model_dir} cannot be written ({e.strerror or e}); "
+                              "pass a folder this user can write") from None
 
 
 class _EpochProgbar(keras.callbacks.ProgbarLogger):
@@ -358,14 +401,23 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     # Everything that can fail on bad input fails here, before the model is built.
     source = datasets.get_source(config.data.dataset, config.data.data_dir)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
-    config_path = _write_or_check_config(config, model_dir, allow_config_change, chief)
+    if chief:
+        _check_model_dir(model_dir)
+    with run_lock.RunLock(model_dir) if chief else contextlib.nullcontext():
+        _check_config(config, model_dir, allow_config_change)
+        return _train(config, model_dir, strategy, plan, source, device, chief, evaluate_each_epoch, verbose,
+                      max_epochs, callbacks)
+
+
+def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_each_epoch, verbose, max_epochs,
+           callbacks):
     logging.info("Data: %s", getattr(source, "describe", lambda: source.name)())
     logging.info(
         "Run: EfficientNetV2-%s, %d classes, %d epochs x %d steps, global batch %d on %d replica(s) "
-        "(%s), precision %s, XLA %s, peak learning rate %.4g; config written to %s",
+        "(%s), precision %s, XLA %s, peak learning rate %.4g",
         plan.variant.name.upper(), plan.num_classes, config.train.epochs, plan.steps_per_epoch,
         plan.global_batch, strategy.num_replicas_in_sync, device, plan.mixed_precision,
-        plan.jit_compile, plan.peak_lr, config_path,
+        plan.jit_compile, plan.peak_lr,
     )
     _setup_precision_and_seed(config, plan)
     with strategy.scope():
@@ -381,6 +433,10 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
             from efficientnetv2 import weights_import  # noqa: PLC0415 (only for fine-tuning)
 
             weights_import.load_pretrained(model, config.train.init_checkpoint, plan.variant)
+    if chief:
+        # Only now, with the data found and the weights restored or imported: a command that failed
+        # before this leaves no config that would make its corrected rerun look like a config change.
+        logging.info("Config written to %s", _write_config(config, model_dir))
     epoch, step_in_epoch = checkpoint.position
     if restored:
         logging.info("Resumed from %s at epoch %d, step %d of the epoch.", restored, epoch, step_in_epoch)

@@ -12,6 +12,7 @@ Sizes are pixels, epochs are epochs, batch sizes are global (all replicas togeth
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 HPARAMS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# Larger images are a typo (a size of 100000 px would exhaust memory long after the run started).
+MAX_IMAGE_SIZE = 1024
 
 
 class ConfigError(ValueError):
@@ -105,6 +110,8 @@ class TrainConfig:
     deterministic: bool = False
     keep_checkpoints: int = 3
     init_checkpoint: str = ""
+    # Largest total size an init_checkpoint archive (.tar/.tgz/.zip) may unpack to, in MiB.
+    max_archive_mb: int = 4096
     # Stop the run when a loss is NaN or Inf, leaving the last good checkpoint.
     stop_on_nan: bool = True
 
@@ -134,6 +141,8 @@ class EvalConfig:
     batch_size: int = 64
     # None: the whole evaluation split.
     steps: typing.Optional[int] = None
+    # Largest image file --mode=predict reads, in MiB (larger files are refused, not read).
+    max_image_mb: int = 64
 
 
 @dataclasses.dataclass
@@ -198,13 +207,18 @@ def _coerce(key, value, annotation):
             except ValueError:
                 pass
     elif base is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"config key {key!r} got {value!r}; expected a finite number")
+            return number
     elif base is str:
         if isinstance(value, bool):
             value = str(value).lower()
@@ -440,12 +454,25 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
             config.train.batch_size,
             f"must be divisible by the number of replicas ({num_replicas})",
         )
-    if config.progressive.enabled and config.progressive.num_stages > config.train.epochs:
+    if config.eval.batch_size % num_replicas:
         raise _rule(
-            "progressive.num_stages",
-            config.progressive.num_stages,
-            f"must be <= train.epochs ({config.train.epochs}): every stage needs at least one epoch",
+            "eval.batch_size",
+            config.eval.batch_size,
+            f"must be divisible by the number of replicas ({num_replicas})",
         )
+    sizes = {
+        "train.image_size": config.train.image_size,
+        "eval.image_size": config.eval.image_size,
+        "progressive.image_size_start": config.progressive.image_size_start,
+        "progressive.image_size_end": config.progressive.image_size_end,
+    }
+    for key, value in sizes.items():
+        if value is not None and value > MAX_IMAGE_SIZE:
+            raise _rule(key, value, f"must be <= {MAX_IMAGE_SIZE} px (the paper's largest is 512)")
+    start, end = config.progressive.image_size_start, config.progressive.image_size_end
+    if start is not None and end is not None and start > end:
+        raise _rule("progressive.image_size_start", start,
+                    f"must be <= progressive.image_size_end ({end}): images grow over the stages")
     if last_train_size is not None and eval_size is not None and eval_size < last_train_size:
         raise _rule(
             "eval.image_size",

@@ -54,6 +54,8 @@ def test_tfds_dataset_picks_its_named_file():
         ("train.optimizer=lamb", r"'train.optimizer' got 'lamb'; expected one of \['rmsprop', 'sgd', 'adamw'\]"),
         ("train.epochs", r"not of the form key=value"),
         ("train.epochs=None", r"'train.epochs' expects int, got 'None'"),
+        ("train.lr_base=nan", r"'train.lr_base' got 'nan'; expected a finite number"),
+        ("train.weight_decay=-inf", r"'train.weight_decay' got '-inf'; expected a finite number"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
@@ -110,7 +112,11 @@ def test_dump_round_trip():
         ("train.image_size=-1", {}, r"'train.image_size' = -1: must be > 0"),
         ("train.batch_size=30", dict(num_replicas=4), r"'train.batch_size' = 30: must be divisible by the number of replicas \(4\)"),
         ("train.label_smoothing=1.5", {}, r"'train.label_smoothing' = 1.5: must be in \[0, 1\)"),
-        ("train.epochs=3", {}, r"'progressive.num_stages' = 4: must be <= train.epochs \(3\)"),
+        ("eval.batch_size=30", dict(num_replicas=4), r"'eval.batch_size' = 30: must be divisible by the number of replicas \(4\)"),
+        ("eval.image_size=100000", {}, r"'eval.image_size' = 100000: must be <= 1024 px"),
+        ("progressive.image_size_end=4096", {}, r"'progressive.image_size_end' = 4096: must be <= 1024 px"),
+        ("progressive.image_size_start=320,progressive.image_size_end=128", {},
+         r"'progressive.image_size_start' = 320: must be <= progressive.image_size_end \(128\)"),
         ("", dict(last_train_size=300, eval_size=256), r"'eval.image_size' = 256: must be >= the last training image size \(300\)"),
         ("", dict(last_train_size=300, eval_size=384, size_multiple=8), r"'last training image size' = 300: must be a multiple of 8"),
     ],

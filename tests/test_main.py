@@ -70,11 +70,58 @@ def test_train_eval_export_predict(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--mode=train", "--model_dir={run}", "--hparams=train.epoks=3"], "did you mean 'train.epochs'"),
     (["--mode=train", "--model_dir={run}", "--hparams=train.batch_size=-8"], "train.batch_size"),
+    (["--mode=train", "--model_dir={run}", "--hparams=train.lr_base=nan"], "expected a finite number"),
     (["--mode=train", "--model_dir={run}", "--model=s7"], "s7"),
     (["--mode=eval"], "--mode=eval needs --model_dir"),
 ])
-def test_bad_command_lines_fail_before_any_work(tmp_path, args, message):
-    run = _main(*[a.format(run=tmp_path / "run") for a in args], timeout=120)
-    assert run.returncode != 0
-    assert message in run.stderr, run.stderr[-2000:]
+def test_bad_command_lines_fail_before_any_work(tmp_path, caplog, args, message):
+    from absl import app
+
+    try:
+        code = _main_in_process(*[a.format(run=tmp_path / "run") for a in args])
+        text = caplog.text
+    except app.UsageError as e:  # absl's app.run prints it with the usage line.
+        code, text = 1, str(e)
+    assert code != 0
+    assert message in text, text[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _main_in_process(*args):
+    """main.py's main() in this process (absl flags parsed from ``args``, restored after)."""
+    from absl import flags
+    from absl.testing import flagsaver
+
+    import main
+
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["main.py", *args])
+        return main.main(["main.py"])
+
+
+def test_a_failure_is_one_line_naming_what_and_where_with_the_traceback_only_when_asked(tmp_path, caplog):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's notes\n")
+    args = ["--mode=train", f"--model_dir={a_file}", f"--hparams={tiny_hparams()}"]
+    assert _main_in_process(*args) == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert errors[0].getMessage() == (f"NotADirectoryError: --model_dir {a_file} is a file, not a folder; pass a "
+                                      "folder for the run (--verbosity=1 shows the traceback)")
+    assert a_file.read_text() == "the user's notes\n"
+
+    caplog.clear()
+    assert _main_in_process(*args, "--verbosity=1") == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # The traceback, on request.
+
+
+def test_one_line_strips_tensorflow_annotations():
+    import tensorflow as tf
+
+    import main
+
+    error = tf.errors.DataLossError(None, None, "corrupted record at 164584 {{function_node __inference_x}} "
+                                                "[Op:IteratorGetNext]\n  more detail\n")
+    assert main._one_line(error) == "corrupted record at 164584"

@@ -99,3 +99,60 @@ def test_mixed_precision_training(tmp_path, precision):
             assert isinstance(result["optimizer"], keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_a_failed_first_attempt_does_not_block_the_corrected_command(tmp_path):
+    run = str(tmp_path / "run")
+    missing = str(tmp_path / "no-such-weights.h5")
+    with pytest.raises(FileNotFoundError, match="no-such-weights"):
+        training.train(tiny_config(**{"train.init_checkpoint": missing}), run, verbose=0)
+    assert not os.path.exists(os.path.join(run, "config.yaml"))  # Only a run that started has one.
+    # A config.yaml without any checkpoint (e.g. from an older version's failed attempt) is no run.
+    with open(os.path.join(run, "config.yaml"), "w") as f:
+        yaml.safe_dump({"train": {"batch_size": 128}}, f)
+    result = training.train(tiny_config(), run, verbose=0, max_epochs=1)
+    assert result["epoch"] == 1
+    assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["train"]["batch_size"] == 8
+
+
+def test_a_model_dir_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path, monkeypatch):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's notes\n")
+    with pytest.raises(NotADirectoryError, match=r"--model_dir .*notes.txt is a file, not a folder"):
+        training.train(tiny_config(), str(a_file), verbose=0)
+    assert a_file.read_text() == "the user's notes\n"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(training.os, "makedirs", refuse)  # Tests run as root: chmod would not refuse.
+    with pytest.raises(PermissionError, match=r"--model_dir .*readonly cannot be written \(Permission denied\)"):
+        training.train(tiny_config(), str(tmp_path / "readonly"), verbose=0)
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_before_any_work(tmp_path):
+    from efficientnetv2.run_lock import RunLock, RunLocked
+
+    with RunLock(str(tmp_path)):
+        with pytest.raises(RunLocked, match="in use by another run"):
+            training.train(tiny_config(), str(tmp_path), verbose=0)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.yaml").exists()
+
+
+def test_fewer_epochs_than_stages_trains_fewer_stages_with_a_warning(caplog):
+    import datasets
+    import logging
+
+    config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 4})
+    with caplog.at_level(logging.WARNING):
+        plan = training.make_plan(config, datasets.get_source("synthetic"))
+    assert [s.image_size for s in plan.stages] == [32, 48] and plan.bounds == [(0, 1), (1, 2)]
+    assert "training in 2 stages" in caplog.text
+
+
+def test_shrinking_progressive_image_sizes_are_refused():
+    import datasets
+
+    config = tiny_config(**{"progressive.image_size_end": None, "progressive.image_size_start": 320})
+    with pytest.raises(ConfigError, match=r"progressive image sizes 320 -> 300 shrink"):
+        training.make_plan(config, datasets.get_source("synthetic"))
