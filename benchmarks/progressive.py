@@ -58,12 +58,12 @@ def make_config(args, mode):
         "eval.steps": args.eval_steps or None,
     }
     if mode == "fixed":
-        overrides.update({
-            "progressive.enabled": False,
-            "train.image_size": final_size,
-            "data.randaug_magnitude": args.randaug_end,
-            "data.mixup_alpha": 0.0,
-            "model.dropout_rate": args.dropout_end,
+        overrides.update({  # One stage at the final values: training without progressive learning.
+            "progressive.num_stages": 1,
+            "progressive.image_size_end": final_size,
+            "progressive.randaug_end": args.randaug_end,
+            "progressive.mixup_end": 0.0,
+            "progressive.dropout_end": args.dropout_end,
         })
     else:
         adaptive = mode == "adaptive"

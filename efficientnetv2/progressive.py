@@ -24,7 +24,6 @@ stage ``i``'s parameters because everything is a function of the epoch number (`
 from absl import logging
 import keras
 
-from efficientnetv2 import schedules
 from efficientnetv2.model import set_dropout_rate
 
 __all__ = ["ProgressiveLearning"]
@@ -95,9 +94,3 @@ class ProgressiveLearning(keras.callbacks.Callback):
             dropout_rate=params.dropout_rate,
         )
 
-
-def fixed_schedule(total_epochs, image_size, randaug_magnitude, mixup_alpha, dropout_rate):
-    """One stage covering every epoch (progressive learning off)."""
-    params = schedules.StageParams(0, 1, int(image_size), float(randaug_magnitude), float(mixup_alpha),
-                                   float(dropout_rate))
-    return [params], [(0, total_epochs)]

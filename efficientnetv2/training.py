@@ -74,9 +74,8 @@ def _progressive_spec(config, spec):
     def pick(start, end, default):
         return (default.start if start is None else start, default.end if end is None else end)
 
-    image_end = config.train.image_size if (p.image_size_end is None and config.train.image_size) else None
     return schedules.ProgressiveSpec(
-        image_size=pick(p.image_size_start, p.image_size_end or image_end, spec.image_size),
+        image_size=pick(p.image_size_start, p.image_size_end, spec.image_size),
         randaug_magnitude=pick(p.randaug_start, p.randaug_end, spec.randaug_magnitude),
         mixup_alpha=pick(p.mixup_start, p.mixup_end, spec.mixup_alpha),
         dropout_rate=pick(p.dropout_start, p.dropout_end, spec.dropout),
@@ -85,30 +84,27 @@ def _progressive_spec(config, spec):
 
 
 def make_plan(config, source, num_replicas=1, device="cpu"):
-    """Resolves the config against the variant and the data; raises ConfigError on a bad combination."""
+    """Resolves the config against the variant and the data; raises ConfigError on a bad combination.
+
+    Every run is progressive (PAPER.md section 1); one stage trains at the end values throughout.
+    """
     spec = get_variant(config.model.variant)
     config_lib.validate(config, num_replicas=num_replicas)  # The rules of single values first.
     epochs = config.train.epochs
-    if config.progressive.enabled:
-        pspec = _progressive_spec(config, spec)
-        if pspec.image_size[0] > pspec.image_size[1]:
-            raise config_lib.ConfigError(
-                f"progressive image sizes {pspec.image_size[0]} -> {pspec.image_size[1]} shrink; set "
-                "progressive.image_size_start <= progressive.image_size_end (the variant's range is "
-                f"{spec.image_size.start} -> {spec.image_size.end})"
-            )
-        num_stages = config.progressive.num_stages
-        if 0 < epochs < num_stages:
-            logging.warning("progressive.num_stages = %d but train.epochs = %d: training in %d stages "
-                            "(every stage needs at least one epoch).", num_stages, epochs, epochs)
-            num_stages = epochs
-        stages = [schedules.stage_params(i, num_stages, pspec) for i in range(num_stages)]
-        bounds = schedules.stage_epochs(epochs, num_stages)
-    else:
-        dropout = spec.dropout_rate if config.model.dropout_rate is None else config.model.dropout_rate
-        stages, bounds = progressive.fixed_schedule(
-            epochs, config.train.image_size or spec.train_size, config.data.randaug_magnitude,
-            config.data.mixup_alpha, dropout)
+    pspec = _progressive_spec(config, spec)
+    if pspec.image_size[0] > pspec.image_size[1] and config.progressive.num_stages > 1:
+        raise config_lib.ConfigError(
+            f"progressive image sizes {pspec.image_size[0]} -> {pspec.image_size[1]} shrink; set "
+            "progressive.image_size_start <= progressive.image_size_end (the variant's range is "
+            f"{spec.image_size.start} -> {spec.image_size.end})"
+        )
+    num_stages = config.progressive.num_stages
+    if 0 < epochs < num_stages:
+        logging.warning("progressive.num_stages = %d but train.epochs = %d: training in %d stages "
+                        "(every stage needs at least one epoch).", num_stages, epochs, epochs)
+        num_stages = epochs
+    stages = [schedules.stage_params(i, num_stages, pspec) for i in range(num_stages)]
+    bounds = schedules.stage_epochs(epochs, num_stages)
     eval_size = config.eval.image_size or spec.eval_size
     config_lib.validate(
         config,

@@ -55,9 +55,6 @@ class ModelConfig:
     depth: typing.Optional[float] = None
     blocks: typing.Optional[str] = None
     head_filters: int = 1280
-    # Head dropout when progressive learning is off (None: the variant's); with progressive
-    # learning the stage's dropout rate is used.
-    dropout_rate: typing.Optional[float] = None
     drop_path_rate: float = 0.2
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
@@ -70,9 +67,6 @@ class DataConfig:
     dataset: str = "auto"
     data_dir: typing.Optional[str] = None
     randaug_num_layers: int = 2
-    # RandAugment magnitude and mixup alpha when progressive learning is off.
-    randaug_magnitude: float = 15.0
-    mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
 
 
@@ -82,8 +76,6 @@ class TrainConfig:
     batch_size: int = 4096
     # None: the dataset's size // batch_size.
     steps_per_epoch: typing.Optional[int] = None
-    # Image size when progressive learning is off (None: the variant's training size).
-    image_size: typing.Optional[int] = None
     optimizer: str = "rmsprop"
     rmsprop_rho: float = 0.9
     momentum: float = 0.9
@@ -112,15 +104,16 @@ class TrainConfig:
     init_checkpoint: str = ""
     # Largest total size an init_checkpoint archive (.tar/.tgz/.zip) may unpack to, in MiB.
     max_archive_mb: int = 4096
-    # Stop the run when a loss is NaN or Inf, leaving the last good checkpoint.
-    stop_on_nan: bool = True
 
 
 @dataclasses.dataclass
 class ProgressiveConfig:
-    """Progressive learning (PAPER.md section 1); None takes the variant's range end."""
+    """Progressive learning (PAPER.md section 1); None takes the variant's range end.
 
-    enabled: bool = True
+    Every run is progressive: ``num_stages = 1`` trains one stage at the ``*_end`` values (image size,
+    RandAugment magnitude, mixup alpha, dropout), which is training without progressive learning.
+    """
+
     num_stages: int = 4
     image_size_start: typing.Optional[int] = None
     image_size_end: typing.Optional[int] = None
@@ -175,7 +168,21 @@ def _all_keys(node=None, prefix=""):
     return keys
 
 
+# Keys of earlier versions: what replaces each. A user's file or override naming one is refused with
+# the replacement; a run's own saved config.yaml is translated (``_migrate``).
+REMOVED_KEYS = {
+    "progressive.enabled": "progressive.num_stages=1 trains one stage at the progressive.*_end values",
+    "train.image_size": "progressive.image_size_end (with progressive.num_stages=1 for a fixed size)",
+    "data.randaug_magnitude": "progressive.randaug_end (with progressive.num_stages=1 for a fixed magnitude)",
+    "data.mixup_alpha": "progressive.mixup_end (with progressive.num_stages=1 for a fixed alpha)",
+    "model.dropout_rate": "progressive.dropout_end (with progressive.num_stages=1 for a fixed rate)",
+    "train.stop_on_nan": "nothing: a NaN or Inf loss always stops the run, keeping the last good checkpoint",
+}
+
+
 def _unknown_key(key, valid):
+    if key in REMOVED_KEYS:
+        return ConfigError(f"config key {key!r} was removed; use {REMOVED_KEYS[key]}")
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(f"unknown config key {key!r}{hint} (valid keys: see hparams/config.py)")
@@ -381,8 +388,27 @@ def dump(config):
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def _migrate(flat):
+    """A saved config of an earlier version in today's keys: progressive learning switched off
+    becomes one stage at the fixed values; ``train.image_size`` (which became the end size) and
+    values that were never read are dropped."""
+    flat = dict(flat)
+    removed = {key: flat.pop(key) for key in REMOVED_KEYS if key in flat}
+    if removed.get("train.image_size") is not None and flat.get("progressive.image_size_end") is None:
+        flat["progressive.image_size_end"] = removed["train.image_size"]
+    if removed.get("progressive.enabled") is False:
+        flat["progressive.num_stages"] = 1
+        for old, new in (("data.randaug_magnitude", "progressive.randaug_end"),
+                         ("data.mixup_alpha", "progressive.mixup_end"),
+                         ("model.dropout_rate", "progressive.dropout_end")):
+            if removed.get(old) is not None:
+                flat[new] = removed[old]
+    return flat
+
+
 def from_dict(tree, source="config"):
-    return apply_mapping(Config(), tree, source=source)
+    """A config from a run's saved ``config.yaml`` (earlier versions' keys translated)."""
+    return apply_mapping(Config(), _migrate(_flatten(tree or {}, source=source)), source=source)
 
 
 def diff(a, b):
@@ -408,7 +434,6 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
     }
     optional_positive = {
         "train.steps_per_epoch": config.train.steps_per_epoch,
-        "train.image_size": config.train.image_size,
         "eval.image_size": config.eval.image_size,
         "eval.steps": config.eval.steps,
         "progressive.image_size_start": config.progressive.image_size_start,
@@ -427,9 +452,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         "train.warmup_epochs": config.train.warmup_epochs,
         "train.weight_decay": config.train.weight_decay,
         "train.lr_min": config.train.lr_min,
-        "data.mixup_alpha": config.data.mixup_alpha,
         "data.cutmix_alpha": config.data.cutmix_alpha,
-        "data.randaug_magnitude": config.data.randaug_magnitude,
         "data.randaug_num_layers": config.data.randaug_num_layers,
         "progressive.round_image_size_to": config.progressive.round_image_size_to,
     }.items():
@@ -444,8 +467,6 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
     }.items():
         if not 0 <= value < 1 and not (key == "train.lr_decay_rate" and value == 1):
             raise _rule(key, value, "must be in [0, 1)")
-    if config.model.dropout_rate is not None and not 0 <= config.model.dropout_rate < 1:
-        raise _rule("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")
     if config.train.lr_decay_epochs <= 0:
         raise _rule("train.lr_decay_epochs", config.train.lr_decay_epochs, "must be > 0")
     if config.train.batch_size % num_replicas:
@@ -461,7 +482,6 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
             f"must be divisible by the number of replicas ({num_replicas})",
         )
     sizes = {
-        "train.image_size": config.train.image_size,
         "eval.image_size": config.eval.image_size,
         "progressive.image_size_start": config.progressive.image_size_start,
         "progressive.image_size_end": config.progressive.image_size_end,

@@ -13,7 +13,7 @@ def test_defaults_are_the_papers_imagenet_recipe():
     assert (t.lr_decay_rate, t.lr_decay_epochs, t.weight_decay, t.label_smoothing) == (0.97, 2.4, 1e-5, 0.1)
     assert t.ema_decay == 0.9999
     assert (c.model.bn_momentum, c.model.drop_path_rate) == (0.99, 0.2)
-    assert (c.progressive.enabled, c.progressive.num_stages) == (True, 4)
+    assert c.progressive.num_stages == 4
 
 
 def test_merge_order_defaults_dataset_file_overrides(tmp_path):
@@ -50,7 +50,11 @@ def test_tfds_dataset_picks_its_named_file():
         ("train.epochs=three", r"'train.epochs' expects int, got 'three'"),
         ("train.epochs=2.5", r"'train.epochs' expects int, got '2.5'"),
         ("train.lr_base=fast", r"'train.lr_base' expects float"),
-        ("progressive.enabled=maybe", r"'progressive.enabled' expects bool"),
+        ("train.deterministic=maybe", r"'train.deterministic' expects bool"),
+        ("progressive.enabled=false", r"'progressive.enabled' was removed; use progressive.num_stages=1"),
+        ("train.image_size=300", r"'train.image_size' was removed; use progressive.image_size_end"),
+        ("model.dropout_rate=0.3", r"'model.dropout_rate' was removed; use progressive.dropout_end"),
+        ("train.stop_on_nan=false", r"'train.stop_on_nan' was removed; use nothing: a NaN"),
         ("train.optimizer=lamb", r"'train.optimizer' got 'lamb'; expected one of \['rmsprop', 'sgd', 'adamw'\]"),
         ("train.epochs", r"not of the form key=value"),
         ("train.epochs=None", r"'train.epochs' expects int, got 'None'"),
@@ -109,7 +113,7 @@ def test_dump_round_trip():
         ("train.epochs=0", {}, r"'train.epochs' = 0: must be > 0"),
         ("train.batch_size=-8", {}, r"'train.batch_size' = -8: must be > 0"),
         ("train.steps_per_epoch=0", {}, r"'train.steps_per_epoch' = 0: must be > 0"),
-        ("train.image_size=-1", {}, r"'train.image_size' = -1: must be > 0"),
+        ("eval.image_size=-1", {}, r"'eval.image_size' = -1: must be > 0"),
         ("train.batch_size=30", dict(num_replicas=4), r"'train.batch_size' = 30: must be divisible by the number of replicas \(4\)"),
         ("train.label_smoothing=1.5", {}, r"'train.label_smoothing' = 1.5: must be in \[0, 1\)"),
         ("eval.batch_size=30", dict(num_replicas=4), r"'eval.batch_size' = 30: must be divisible by the number of replicas \(4\)"),
@@ -141,3 +145,20 @@ def test_property_override_parser_parses_or_raises_config_error(pairs, junk):
     except ConfigError:
         return
     assert isinstance(c, Config)
+
+
+def test_a_saved_config_of_an_earlier_version_is_translated():
+    old = config_lib.to_dict(Config())
+    del old["progressive"]["num_stages"]
+    old["progressive"].update(enabled=False, num_stages=4)
+    old["train"].update(image_size=256, stop_on_nan=True)
+    old["data"].update(randaug_magnitude=9.0, mixup_alpha=0.1)
+    old["model"]["dropout_rate"] = 0.25
+    c = config_lib.from_dict(old, source="run/config.yaml")
+    p = c.progressive
+    assert (p.num_stages, p.image_size_end, p.randaug_end, p.mixup_end, p.dropout_end) == (1, 256, 9.0, 0.1, 0.25)
+    # Progressive learning was on: the fixed-schedule values were never read and are dropped.
+    old["progressive"]["enabled"] = True
+    old["progressive"]["num_stages"] = 4
+    old["train"]["image_size"] = None
+    assert config_lib.diff(config_lib.from_dict(old), Config()) == {}

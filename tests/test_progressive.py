@@ -74,7 +74,9 @@ def test_resumed_run_lands_in_the_right_stage(tmp_path):
 
 
 def test_callback_stage_lookup():
-    stages, bounds = progressive.fixed_schedule(5, 64, 3, 0.1, 0.2)
+    spec = schedules.ProgressiveSpec(image_size=(32, 64), randaug_magnitude=(1, 3), mixup_alpha=(0, 0.1),
+                                     dropout_rate=(0, 0.2))
+    stages, bounds = [schedules.stage_params(0, 1, spec)], schedules.stage_epochs(5, 1)  # One stage: the end values.
     callback = progressive.ProgressiveLearning(stages, bounds, dataset_fn=lambda p, e: (p.image_size, e))
     assert callback.dataset_for_epoch(4) == (64, 4)
     with pytest.raises(ValueError, match="outside the schedule"):
