@@ -39,27 +39,6 @@ def _model_dir():
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def _load_config(model_dir):
-    from hparams import config as config_lib
-
-    saved = os.path.join(model_dir, "config.yaml")
-    if FLAGS.mode in ("eval", "export", "predict") and os.path.isfile(saved):
-        # A finished run: its own config, with this command's overrides on top.
-        config = config_lib.from_dict(config_lib.read_yaml(saved), source=saved)
-        if FLAGS.data_dir:
-            config.data.data_dir = FLAGS.data_dir
-        if FLAGS.hparams:
-            config_lib.apply_overrides(config, FLAGS.hparams)
-        return config
-    return config_lib.load_config(
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        hparams_file=FLAGS.hparams_file,
-        overrides=FLAGS.hparams,
-        model=FLAGS.model,
-    )
-
-
 def _drop_tensorflow_info(record):
     return record.levelno > std_logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
 
@@ -69,11 +48,20 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # TensorFlow's own INFO lines (e.g. each checkpoint's "Sharding callback duration") drown ours.
     logging.get_absl_handler().addFilter(_drop_tensorflow_info)
+    from hparams import config as config_lib
     from hparams.config import ConfigError
 
     model_dir = _model_dir()
     try:
-        config = _load_config(model_dir)
+        config = config_lib.load_command_config(
+            model_dir,
+            use_saved=FLAGS.mode in ("eval", "export", "predict"),
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            hparams_file=FLAGS.hparams_file,
+            overrides=FLAGS.hparams,
+            model=FLAGS.model,
+        )
     except ConfigError as e:
         logging.error("%s", e)
         return 2

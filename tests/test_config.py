@@ -162,3 +162,14 @@ def test_a_saved_config_of_an_earlier_version_is_translated():
     old["progressive"]["num_stages"] = 4
     old["train"]["image_size"] = None
     assert config_lib.diff(config_lib.from_dict(old), Config()) == {}
+
+
+def test_a_command_on_a_finished_run_reads_its_saved_config(tmp_path):
+    saved = config_lib.load_config(dataset="synthetic", model="b0", overrides="train.epochs=7")
+    (tmp_path / "config.yaml").write_text(config_lib.dump(saved))
+    c = config_lib.load_command_config(str(tmp_path), use_saved=True, model="s", overrides="eval.batch_size=8",
+                                       data_dir="/elsewhere")
+    assert (c.model.variant, c.train.epochs, c.eval.batch_size, c.data.data_dir) == ("b0", 7, 8, "/elsewhere")
+    # Training merges from the defaults (its saved config is compared later, not read).
+    c = config_lib.load_command_config(str(tmp_path), use_saved=False, model="s")
+    assert (c.model.variant, c.train.epochs) == ("s", 4)  # hparams/synthetic.yaml, not the saved 7
