@@ -1,6 +1,6 @@
 """Pretrained weights into a built model: our runs, keras.applications files, the reference release.
 
-``load_pretrained(model, path, variant)`` reads three formats and finds which one ``path`` holds:
+``load_pretrained(model, path, variant)`` reads these formats and finds which one ``path`` holds:
 
 1. Our own checkpoints (``RunCheckpoint``): a run folder (``model_dir``, using
    ``model_dir/checkpoints``' latest), a checkpoints folder, or a checkpoint prefix
@@ -14,26 +14,38 @@
 3. The reference release's TF checkpoints (a prefix, a folder, or the released ``.tgz``), whose
    variables are named ``efficientnetv2-s/blocks_7/conv2d_1/kernel`` and so on (see
    ``reference_names``); their ``/ExponentialMovingAverage`` copies are used when present.
+4. ``.keras`` model files (from our export or ``keras.applications``): unpacked like an archive, the
+   saved model rebuilt from its config (safe mode) with its weights, then read as format 1 (ours)
+   or 2 (keras.applications).
 
 Every format goes through one strict assignment (``_assign``): every backbone weight of the model must
 be found with its exact shape, and the source must hold no backbone weights the model lacks, else a
 ``ValueError`` names what is missing, extra or of the wrong shape and nothing is assigned (no silent
 partial load). Only the classifier (``predictions``) may be left out: when the source's class count
 differs from the model's, or the source has no classifier, the head keeps its initialization and the
-log says so.
+log says so; a model without a classifier (``include_top=False``) ignores the source's.
 
-Archives (``.tar``, ``.tgz``, ``.tar.gz``) are unpacked into a temporary folder by ``safe_extract``,
-which refuses members with absolute paths, ``..`` components, links that point outside the folder and
-special files, before extracting anything.
+Archives (``.tar``, ``.tgz``, ``.tar.gz``, ``.zip``) are unpacked into a temporary folder of ours by
+``safe_extract``, which refuses members with absolute paths, ``..`` components, links that point
+outside the folder, special files and archives that unpack to more than ``max_unpacked_bytes``
+(``train.max_archive_mb``), before extracting anything; the checkpoint is then looked for only among
+the files unpacked (a ``checkpoint`` index file pointing elsewhere is ignored). The folder is removed
+afterwards, whatever happened.
 """
 
 import dataclasses
+import gzip
+import json
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
+import zlib
 
 from absl import logging
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -53,14 +65,21 @@ __all__ = [
 ]
 
 HEAD_LAYER = "predictions"
-_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
+# train.max_archive_mb's default: the most bytes an archive may unpack to.
+DEFAULT_MAX_UNPACKED_BYTES = 4096 * 2**20
+_SUPPORTED = (
+    "a run folder or checkpoint prefix of this project, a reference-release checkpoint (prefix or "
+    "folder), a .tar/.tgz/.zip of one, a keras.applications .h5/.weights.h5, or a .keras model file"
+)
 _REFERENCE_EMA = "/ExponentialMovingAverage"
 # Variable names a model weight can end with (optimizer slots such as ``kernel/RMSProp`` do not).
 _WEIGHT_NAMES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive member would land outside the extraction folder, or is not a plain file/folder."""
+    """An archive member would land outside the extraction folder or is not a plain file/folder, or
+    the archive unpacks to more than the cap."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,11 +93,13 @@ class _Slot:
     head: bool  # part of the classifier
 
 
-def _assign(slots, fetch, source_keys, origin, model_name, extra_ok=()):
+def _assign(slots, fetch, source_keys, origin, model_name, source_head=()):
     """Assigns ``fetch(slot.key)`` to every slot's variable, or raises without assigning anything.
 
-    ``source_keys`` are the source's weight names, to find weights the model lacks; ``fetch`` returns
-    an array or None. Returns a report: loaded and skipped variable paths and the reason for a skip.
+    ``source_keys`` are the source's weight names, to find weights the model lacks; ``source_head``
+    those of them that are the source's classifier, which a model without one ignores. ``fetch``
+    returns an array or None. Returns a report: loaded and skipped variable paths, the reason for a
+    skip, and whether the source's classifier went unused because the model has none.
     """
     missing, wrong, head_problems = [], [], []
     values = []
@@ -94,7 +115,9 @@ def _assign(slots, fetch, source_keys, origin, model_name, extra_ok=()):
             continue
         values.append((slot, value))
     used = {slot.key for slot in slots}
-    extra = sorted(k for k in source_keys if k not in used and k not in extra_ok)
+    headless = not any(slot.head for slot in slots)
+    unused_head = sorted(set(source_head) & set(source_keys)) if headless else []
+    extra = sorted(k for k in source_keys if k not in used and k not in unused_head)
     if missing or wrong or extra:
         parts = []
         if missing:
@@ -118,7 +141,8 @@ def _assign(slots, fetch, source_keys, origin, model_name, extra_ok=()):
         slot.variable.assign(value.astype(slot.variable.dtype))
     loaded = [slot.variable.path for slot, _ in values]
     skipped = [slot.variable.path for slot in slots if slot.head] if skipped_reason else []
-    return {"loaded": loaded, "skipped": skipped, "skipped_reason": skipped_reason}
+    return {"loaded": loaded, "skipped": skipped, "skipped_reason": skipped_reason,
+            "source_head_unused": bool(unused_head)}
 
 
 def _few(items, n=5):
@@ -130,6 +154,9 @@ def _log_report(report, origin, detail):
     logging.info("Loaded %d weights from %s (%s).", len(report["loaded"]), origin, detail)
     if report["skipped_reason"]:
         logging.warning("%s: %s", origin, report["skipped_reason"])
+    if report["source_head_unused"]:
+        logging.info("%s: the model has no classifier (include_top=False); the source's is not used.",
+                     origin)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,46 +189,148 @@ def find_checkpoint(path):
     raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index and no such folder)")
 
 
-def safe_extract(archive, destination):
-    """Extracts the tar ``archive`` into ``destination`` after checking every member.
+@dataclasses.dataclass
+class _Member:
+    """One archive member, tar or zip alike."""
+
+    name: str
+    kind: str  # "file", "dir", "symlink", "hardlink" or "other"
+    size: int  # declared in its header (0 unless a file)
+    link: str  # a link's target
+    info: object  # the TarInfo or ZipInfo
+
+
+def _tar_members(tar):
+    for m in tar.getmembers():
+        kind = ("file" if m.isfile() else "dir" if m.isdir() else "symlink" if m.issym()
+                else "hardlink" if m.islnk() else "other")
+        yield _Member(m.name, kind, m.size if m.isfile() else 0, m.linkname, m)
+
+
+def _zip_members(archive):
+    for info in archive.infolist():  # zipfile writes links as plain files holding the target.
+        yield _Member(info.filename, "dir" if info.is_dir() else "file", info.file_size, "", info)
+
+
+# Python >= 3.11.4 (and backports): tarfile's "data" filter re-checks the rules of _check_member.
+_TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_TAR_FILTER_ERROR = getattr(tarfile, "FilterError", ())
+# What a truncated or garbage archive raises while being read.
+_DAMAGED = (tarfile.ReadError, tarfile.CompressionError, zipfile.BadZipFile, EOFError, zlib.error,
+            gzip.BadGzipFile, lzma.LZMAError)
+
+
+def _over_cap(archive, size, cap, what):
+    return UnsafeArchiveError(
+        f"archive {archive}: {what} {size / 2**20:.1f} MiB, over the cap of {cap / 2**20:g} MiB "
+        "(raise train.max_archive_mb if this archive is expected to be that large); nothing was kept"
+    )
+
+
+def safe_extract(archive, destination, max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES):
+    """Extracts the tar or zip ``archive`` into the empty (or new) folder ``destination``.
 
     Refused (``UnsafeArchiveError``, before anything is written): absolute member names, names that
     leave ``destination`` (``..``), symbolic or hard links whose target is absolute or outside
-    ``destination``, and devices, FIFOs and other special members.
+    ``destination``, devices, FIFOs and other special members, and members whose declared sizes add
+    up to more than ``max_unpacked_bytes``. While extracting, the bytes written are counted too and
+    extraction stops once they pass the cap. A damaged archive raises ``ValueError``. After any
+    failure ``destination`` is left empty: everything in it was written here.
     """
+    os.makedirs(destination, exist_ok=True)
+    if os.listdir(destination):
+        raise ValueError(f"safe_extract needs an empty folder; {destination} is not empty")
     root = os.path.realpath(destination)
+    is_zip = archive.endswith((".zip", ".keras"))
+    try:
+        with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)) as opened:
+            members = list(_zip_members(opened) if is_zip else _tar_members(opened))
+            for member in members:
+                _check_member(archive, root, destination, member)
+            declared = sum(m.size for m in members)
+            if declared > max_unpacked_bytes:
+                raise _over_cap(archive, declared, max_unpacked_bytes, "its members declare")
+            written = 0
+            for member in members:
+                if is_zip:
+                    opened.extract(member.info, root)
+                else:
+                    opened.extract(member.info, root, **_TAR_FILTER)
+                if member.kind == "file":
+                    written += os.lstat(os.path.join(root, member.name)).st_size
+                    if written > max_unpacked_bytes:
+                        raise _over_cap(archive, written, max_unpacked_bytes, "unpacking wrote over")
+    except _TAR_FILTER_ERROR as e:
+        _empty(root)
+        raise UnsafeArchiveError(f"archive {archive}: {e}") from None
+    except _DAMAGED as e:
+        _empty(root)
+        kind = "zip" if is_zip else "tar"
+        raise ValueError(f"archive {archive} is damaged or not a {kind} archive "
+                         f"({type(e).__name__}: {e})") from None
+    except BaseException:
+        _empty(root)
+        raise
+    return destination
 
+
+def _check_member(archive, root, destination, member):
     def inside(path):
         path = os.path.realpath(path)
         return path == root or path.startswith(root + os.sep)
 
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for member in members:
-            name = member.name
-            if os.path.isabs(name) or name.startswith(("/", "\\")) or os.path.splitdrive(name)[0]:
-                raise UnsafeArchiveError(f"archive {archive}: member {name!r} has an absolute path")
-            target = os.path.join(root, name)
-            if not inside(target):
-                raise UnsafeArchiveError(f"archive {archive}: member {name!r} would be written outside "
-                                         f"{destination}")
-            if member.issym():
-                link = member.linkname
-                if os.path.isabs(link) or not inside(os.path.join(os.path.dirname(target), link)):
-                    raise UnsafeArchiveError(
-                        f"archive {archive}: symbolic link {name!r} -> {link!r} points outside {destination}")
-            elif member.islnk():
-                if os.path.isabs(member.linkname) or not inside(os.path.join(root, member.linkname)):
-                    raise UnsafeArchiveError(
-                        f"archive {archive}: hard link {name!r} -> {member.linkname!r} points outside "
-                        f"{destination}")
-            elif not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"archive {archive}: member {name!r} is not a file or folder")
-        try:  # Python >= 3.11.4 (and backports): the "data" filter re-checks the same rules.
-            tar.extractall(root, members=members, filter="data")
-        except TypeError:
-            tar.extractall(root, members=members)
-    return destination
+    name = member.name
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or os.path.splitdrive(name)[0]:
+        raise UnsafeArchiveError(f"archive {archive}: member {name!r} has an absolute path")
+    target = os.path.join(root, name)
+    if not inside(target):
+        raise UnsafeArchiveError(f"archive {archive}: member {name!r} would be written outside "
+                                 f"{destination}")
+    if member.kind == "symlink":
+        if os.path.isabs(member.link) or not inside(os.path.join(os.path.dirname(target), member.link)):
+            raise UnsafeArchiveError(
+                f"archive {archive}: symbolic link {name!r} -> {member.link!r} points outside {destination}")
+    elif member.kind == "hardlink":
+        if os.path.isabs(member.link) or not inside(os.path.join(root, member.link)):
+            raise UnsafeArchiveError(
+                f"archive {archive}: hard link {name!r} -> {member.link!r} points outside {destination}")
+    elif member.kind == "other":
+        raise UnsafeArchiveError(f"archive {archive}: member {name!r} is not a file or folder")
+
+
+def _empty(folder):
+    """Removes everything in ``folder`` (links themselves, never what they point to)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
+
+
+def _checkpoint_in(folder, archive):
+    """The one checkpoint among the files unpacked into ``folder``, found by their ``.index`` files.
+
+    A ``checkpoint`` index file only chooses among those: one naming a checkpoint elsewhere (an
+    absolute path, ``..``) is ignored, so an archive's checkpoint is never read from outside it.
+    """
+    prefixes, chosen = [], set()
+    for directory, _, files in os.walk(folder):
+        prefixes += [os.path.join(directory, f[: -len(".index")]) for f in files if f.endswith(".index")]
+        state = tf.train.get_checkpoint_state(directory) if "checkpoint" in files else None
+        if state and state.model_checkpoint_path:
+            named = os.path.realpath(os.path.join(directory, state.model_checkpoint_path))
+            if os.path.exists(named + ".index") and named.startswith(os.path.realpath(folder) + os.sep):
+                chosen.add(named)
+            else:
+                logging.warning("archive %s: its %s names %r, which is not among its files; ignored.",
+                                archive, os.path.relpath(os.path.join(directory, "checkpoint"), folder),
+                                state.model_checkpoint_path)
+    if len(prefixes) > 1:
+        prefixes = [p for p in prefixes if os.path.realpath(p) in chosen] or prefixes
+    if len(prefixes) != 1:
+        raise ValueError(f"archive {archive} holds {len(prefixes)} checkpoints "
+                         f"({_few(os.path.relpath(p, folder) for p in prefixes)}); expected one")
+    return prefixes[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,6 +422,7 @@ def assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=True):
         source_keys,
         origin=f"checkpoint {weights.prefix}",
         model_name=model.name,
+        source_head=[k for k in source_keys if k.startswith(HEAD_LAYER + "/")],
     )
     if report["skipped_reason"] and not allow_head_skip:
         raise ValueError(f"checkpoint {weights.prefix}: {report['skipped_reason']}")
@@ -320,8 +450,8 @@ def _load_run_checkpoint(model, prefix, spec):
     if variant is not None and get_variant(variant).name != spec.name:
         raise ValueError(
             f"checkpoint {prefix} is of a run of EfficientNetV2-{get_variant(variant).name.upper()} "
-            f"({config_path}); the model is EfficientNetV2-{spec.name.upper()}. Use a checkpoint of "
-            f"the same variant, or train --model={get_variant(variant).name}."
+            f"({config_path}); {_model_words(model, spec)}. Use a checkpoint of the same variant, or "
+            f"train --model={get_variant(variant).name}."
         )
     weights = read_run_checkpoint(prefix)
     report = assign_run_checkpoint(model, weights)
@@ -354,16 +484,26 @@ def _h5_classes(path):
 
 
 def _load_keras_application_file(model, path, spec):
+    import h5py  # noqa: PLC0415
+
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 file (a keras.applications .h5 or .weights.h5 was "
+                         "expected)")
     include_top, classes = _h5_classes(path)
     app = build_keras_application(spec, num_classes=classes or 1000, include_top=include_top)
     try:
         app.load_weights(path)
     except Exception as e:  # Keras raises ValueError or KeyError on a mismatched file.
         raise ValueError(
-            f"{path} is not a keras.applications {spec.keras_application} weights file "
-            f"(loading it into that model failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-            "Is it a file of another variant?"
+            f"{path} is not a keras.applications {spec.keras_application} weights file, which "
+            f"{_model_words(model, spec)} needs (loading it into that model failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}). Is it a file of another variant?"
         ) from None
+    return _assign_keras_application(model, app, f"keras.applications weights {path}")
+
+
+def _assign_keras_application(model, app, origin):
+    """Assigns the weights of the keras.applications model ``app`` to ours, by layer name."""
     theirs = {f"{layer.name}/{w.name}": w for layer in app.layers for w in layer.weights}
     slots = [
         _Slot(w, f"{name}/{w.name}", name == HEAD_LAYER)
@@ -374,11 +514,12 @@ def _load_keras_application_file(model, path, spec):
         slots,
         lambda key: None if key not in theirs else np.asarray(theirs[key].numpy()),
         theirs.keys(),
-        origin=f"keras.applications weights {path}",
+        origin=origin,
         model_name=model.name,
+        source_head=[k for k in theirs if k.startswith(HEAD_LAYER + "/")],
     )
-    _log_report(report, f"keras.applications weights {path}",
-                f"{'with' if include_top else 'without'} classifier")
+    with_head = any(k.startswith(HEAD_LAYER + "/") for k in theirs)
+    _log_report(report, origin, f"{'with' if with_head else 'without'} classifier")
     report["ema"] = False
     return report
 
@@ -469,8 +610,8 @@ def _load_reference_checkpoint(model, prefix_path, spec):
         ) from None
     if theirs.name != spec.name:
         raise ValueError(
-            f"checkpoint {prefix_path} holds {model_prefix} (EfficientNetV2-{theirs.name.upper()}); the "
-            f"model is EfficientNetV2-{spec.name.upper()}. Use the checkpoint of the same variant."
+            f"checkpoint {prefix_path} holds {model_prefix} (EfficientNetV2-{theirs.name.upper()}); "
+            f"{_model_words(model, spec)}. Use the checkpoint of the same variant."
         )
     names = reference_names(model, model_prefix)
     # Batch norms without the TPU variant are named batch_normalization in the stem and head.
@@ -492,8 +633,9 @@ def _load_reference_checkpoint(model, prefix_path, spec):
         return reader.get_tensor(name) if name in shapes else None
 
     slots = [_Slot(v, names[v.path], v.path.startswith(HEAD_LAYER + "/")) for v in model.weights]
+    head = f"{model_prefix}/head/dense/"
     report = _assign(slots, fetch, source_keys, origin=f"reference checkpoint {prefix_path}",
-                     model_name=model.name)
+                     model_name=model.name, source_head=[k for k in source_keys if k.startswith(head)])
     report["ema"] = bool(used_ema)
     _log_report(report, f"reference checkpoint {prefix_path}",
                 f"{len(set(used_ema))} of {len(slots)} from their ExponentialMovingAverage")
@@ -503,24 +645,29 @@ def _load_reference_checkpoint(model, prefix_path, spec):
 # ------------------------------------------------------------------------------------------------
 
 
-def load_pretrained(model, path, variant):
+def load_pretrained(model, path, variant, max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES):
     """Loads pretrained weights from ``path`` into ``model`` (EfficientNetV2-``variant``).
 
     ``path``: one of our run folders or checkpoints, a keras.applications ``.h5``/``.weights.h5``, a
-    reference-release checkpoint (prefix or folder), or a ``.tar``/``.tgz`` of one. Returns a report
-    (``loaded``, ``skipped``, ``skipped_reason``, ``ema``, ``format``). Raises ``FileNotFoundError``
-    when there is nothing at ``path`` and ``ValueError`` when it does not fit the model; in both cases
+    reference-release checkpoint (prefix or folder), a ``.tar``/``.tgz``/``.zip`` of one, or a
+    ``.keras`` model file. An archive or ``.keras`` file may unpack to at most ``max_unpacked_bytes``
+    (``train.max_archive_mb`` MiB). Returns a report (``loaded``, ``skipped``, ``skipped_reason``,
+    ``source_head_unused``, ``ema``, ``format``). Raises ``FileNotFoundError`` when there is nothing
+    at ``path`` and ``ValueError`` when it is damaged, unsafe or does not fit the model; in all cases
     the model is unchanged.
     """
-    spec = get_variant(variant)
+    spec = _model_spec(model, variant)
     path = os.fspath(path)
-    if path.endswith(_ARCHIVE_SUFFIXES):
+    if path.endswith(_ARCHIVE_SUFFIXES + (".keras",)):
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"archive {path} not found")
+            raise FileNotFoundError(f"{'model file' if path.endswith('.keras') else 'archive'} {path} not found")
+        # The archive unpacks one level down, so nothing above what it holds is ours to read.
         folder = tempfile.mkdtemp(prefix="efficientnetv2-import-")
         try:
-            safe_extract(path, folder)
-            return load_pretrained(model, _single_checkpoint_in(folder, path), spec)
+            unpacked = safe_extract(path, os.path.join(folder, "archive"), max_unpacked_bytes)
+            if path.endswith(".keras"):
+                return _load_keras_file(model, path, unpacked, spec)
+            return _load_checkpoint(model, _checkpoint_in(unpacked, path), spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     if path.endswith(".h5"):
@@ -529,7 +676,13 @@ def load_pretrained(model, path, variant):
         report = _load_keras_application_file(model, path, spec)
         report["format"] = "keras.applications"
         return report
-    prefix = find_checkpoint(path)
+    if not tf.io.gfile.exists(path + ".index") and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        raise ValueError(f"{path} is not a format init_checkpoint reads; expected {_SUPPORTED}")
+    return _load_checkpoint(model, find_checkpoint(path), spec)
+
+
+def _load_checkpoint(model, prefix, spec):
+    """Loads our run checkpoint or a reference checkpoint at ``prefix``, whichever it is."""
     reader = tf.train.load_checkpoint(prefix)
     if _is_run_checkpoint(reader):
         report = _load_run_checkpoint(model, prefix, spec)
@@ -546,15 +699,63 @@ def load_pretrained(model, path, variant):
     return report
 
 
-def _single_checkpoint_in(folder, archive):
-    prefixes = []
-    for directory, _, files in os.walk(folder):
-        if "checkpoint" in files:
-            latest = tf.train.latest_checkpoint(directory)
-            if latest:
-                return latest
-        prefixes += [os.path.join(directory, f[: -len(".index")]) for f in files if f.endswith(".index")]
-    if len(prefixes) != 1:
-        raise ValueError(f"archive {archive} holds {len(prefixes)} checkpoints "
-                         f"({_few(os.path.relpath(p, folder) for p in prefixes)}); expected one")
-    return prefixes[0]
+def _load_keras_file(model, path, folder, spec):
+    """Loads the weights of the ``.keras`` file ``path``, unpacked into ``folder``.
+
+    The saved model is rebuilt from its ``config.json`` in safe mode (no Lambda code runs) and given
+    its ``model.weights.h5``; one of ours is then read by variable path (as a run checkpoint without
+    EMA), a keras.applications one by layer name.
+    """
+    config_path, weights_path = (os.path.join(folder, n) for n in ("config.json", "model.weights.h5"))
+    if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
+        raise ValueError(f"{path} is not a Keras model file (no config.json and model.weights.h5 in it)")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        config["compile_config"] = None  # Weights only: no optimizer or loss is rebuilt.
+        saved = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        saved.load_weights(weights_path)
+    except Exception as e:  # Keras raises many types on a config or weights it cannot read.
+        raise ValueError(f"{path} could not be rebuilt as a Keras model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
+    try:
+        theirs = get_variant(saved.name)
+    except ValueError:
+        theirs = None  # A custom name: the shapes decide.
+    if theirs is not None and theirs.name != spec.name:
+        raise ValueError(f"{path} holds model {saved.name!r} (EfficientNetV2-{theirs.name.upper()}); "
+                         f"{_model_words(model, spec)}. Use a file of the same variant.")
+    if any(isinstance(layer, (MBConv, FusedMBConv)) for layer in saved.layers):
+        weights = RunCheckpointWeights(prefix=path, values={w.path: np.asarray(w) for w in saved.weights},
+                                       ema={})
+        report = assign_run_checkpoint(model, weights)
+        _log_report(report, f"model file {path}", "saved weights")
+        report["format"] = "keras model file"
+    else:
+        report = _assign_keras_application(model, saved, f"keras.applications model file {path}")
+        report["format"] = "keras.applications"
+    return report
+
+
+def _model_spec(model, variant):
+    """The variant of ``model``: ``variant``, refused when the model's own name names another."""
+    spec = get_variant(variant)
+    try:
+        named = get_variant(model.name)
+    except ValueError:
+        return spec  # A custom name: the argument is all there is to go by.
+    if named.name != spec.name:
+        raise ValueError(
+            f"variant {variant!r} (EfficientNetV2-{spec.name.upper()}) was given for the model "
+            f"{model.name!r}, which is EfficientNetV2-{named.name.upper()}; pass variant={named.name!r}"
+        )
+    return spec
+
+
+def _model_words(model, spec):
+    """What ``model`` is, for a message: its name and its variant (``_model_spec``'s)."""
+    try:
+        named = get_variant(model.name)
+    except ValueError:  # A custom name: the variant is the argument's word.
+        return f"the model {model.name!r} was given as EfficientNetV2-{spec.name.upper()}"
+    return f"the model {model.name!r} is EfficientNetV2-{named.name.upper()}"

@@ -6,10 +6,13 @@ the reference checkpoint's variable names from a table written out here by hand 
 model's naming rules (not from ``weights_import.reference_names``).
 """
 
+import dataclasses
 import io
 import os
 import re
 import tarfile
+import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -25,9 +28,14 @@ SIZE = 32
 TINY_BLOCKS = "r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_c1,r1_k3_s2_e2_i16_o16_se0.25"
 
 
-def tiny(num_classes=10, blocks=TINY_BLOCKS, head_filters=32):
-    return build_model("s", num_classes=num_classes, input_shape=(SIZE, SIZE, 3), blocks=blocks,
-                       head_filters=head_filters)
+# Four stride-2 stages: enough reduction levels for a backbone's feature dict (pooling=None).
+BACKBONE_BLOCKS = ("r1_k3_s2_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_c1,r1_k3_s2_e2_i16_o16_se0.25,"
+                   "r1_k3_s2_e2_i16_o16_se0.25")
+
+
+def tiny(num_classes=10, blocks=TINY_BLOCKS, head_filters=32, variant="s", **kwargs):
+    return build_model(variant, num_classes=num_classes, input_shape=(SIZE, SIZE, 3), blocks=blocks,
+                       head_filters=head_filters, **kwargs)
 
 
 def images(n=2, size=SIZE, seed=0):
@@ -104,7 +112,7 @@ def test_run_checkpoint_of_another_architecture_refused(tmp_path):
 
 def test_run_checkpoint_of_another_variant_refused(tmp_path):
     _write_run(str(tmp_path), tiny(), variant="m")
-    with pytest.raises(ValueError, match=r"run of EfficientNetV2-M .*the model is EfficientNetV2-S"):
+    with pytest.raises(ValueError, match=r"run of EfficientNetV2-M .*the model 'efficientnetv2-s' is EfficientNetV2-S"):
         weights_import.load_pretrained(tiny(), str(tmp_path), "s")
 
 
@@ -135,15 +143,19 @@ def b0_application(tmp_path_factory):
         legacy_h5_format.save_weights_to_hdf5_group(f, app)
     native = str(folder / "efficientnetv2-b0.weights.h5")
     app.save_weights(native)
+    model_file = str(folder / "efficientnetv2-b0.keras")
+    app.save(model_file)
     x = images(2, 64, seed=5)
-    return {"legacy": legacy, "native": native, "x": x, "expected": predict(app, x)}
+    return {"legacy": legacy, "native": native, "keras": model_file, "x": x, "expected": predict(app, x),
+            "top_conv": np.array(app.get_layer("top_conv").kernel)}
 
 
 def test_keras_application_files(b0_application):
     model = build_model("b0", num_classes=5, input_shape=(64, 64, 3))
     expected = b0_application["expected"]
     assert np.abs(expected).max() > 0.1
-    for kind in ("legacy", "native"):  # As distributed (.h5), and Keras 3's .weights.h5.
+    # As distributed (.h5), Keras 3's .weights.h5, and a whole model saved as .keras.
+    for kind in ("legacy", "native", "keras"):
         randomize_weights(model, seed=11)
         report = weights_import.load_pretrained(model, b0_application[kind], "b0")
         assert report["format"] == "keras.applications" and not report["skipped"]
@@ -303,7 +315,7 @@ def test_reference_missing_or_misshapen_backbone_weight_refused(tmp_path):
 
 def test_reference_checkpoint_of_another_variant_refused(tmp_path):
     prefix = _write_reference(str(tmp_path / "model"), tiny(), prefix="efficientnetv2-m")
-    with pytest.raises(ValueError, match=r"holds efficientnetv2-m \(EfficientNetV2-M\); the model is EfficientNetV2-S"):
+    with pytest.raises(ValueError, match=r"holds efficientnetv2-m \(EfficientNetV2-M\); the model 'efficientnetv2-s' is EfficientNetV2-S"):
         weights_import.load_pretrained(tiny(), prefix, "s")
 
 
@@ -388,3 +400,210 @@ def test_training_starts_from_init_checkpoint(tmp_path):
     x = images(2, 48)
     with optimizers.swap_ema_weights(source, optimizer):
         np.testing.assert_allclose(predict(result["model"], x), predict(source, x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backbones (include_top=False) take a source's backbone and leave its classifier.
+
+
+def _layers_with_block4():
+    """REFERENCE_LAYERS for the model of BACKBONE_BLOCKS (one more MBConv block, blocks_3)."""
+    layers = dict(REFERENCE_LAYERS)
+    layers.update({f"block4a/{k.split('/', 1)[1]}": v.replace("blocks_2", "blocks_3")
+                   for k, v in REFERENCE_LAYERS.items() if k.startswith("block3a/")})
+    return layers
+
+
+def _assert_backbone_equal(target, source_weights):
+    assert "predictions" not in [layer.name for layer in target.layers]
+    for w in target.weights:
+        np.testing.assert_array_equal(np.array(w), source_weights[w.path], err_msg=w.path)
+
+
+@pytest.mark.parametrize("pooling", [None, "avg"])
+def test_backbone_loads_reference_checkpoint(tmp_path, pooling):
+    source = tiny(blocks=BACKBONE_BLOCKS)
+    randomize_weights(source, seed=12)
+    prefix = _write_reference(str(tmp_path / "model"), source, layers=_layers_with_block4())
+    target = tiny(blocks=BACKBONE_BLOCKS, include_top=False, pooling=pooling)
+    report = weights_import.load_pretrained(target, prefix, "s")
+    assert report["source_head_unused"] and not report["skipped"] and report["ema"]
+    _assert_backbone_equal(target, {w.path: np.array(w) for w in source.weights})
+
+
+def test_backbone_loads_keras_application_file(b0_application):
+    backbone = build_model("b0", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    report = weights_import.load_pretrained(backbone, b0_application["legacy"], "b0")
+    assert report["source_head_unused"]
+    np.testing.assert_array_equal(np.array(backbone.get_layer("top_conv").kernel),
+                                  b0_application["top_conv"])
+
+
+def test_backbone_loads_run_checkpoint(tmp_path):
+    source = tiny(blocks=BACKBONE_BLOCKS)
+    optimizer, _ = _write_run(str(tmp_path), source)
+    with optimizers.swap_ema_weights(source, optimizer):
+        expected = {w.path: np.array(w) for w in source.weights}
+    target = tiny(blocks=BACKBONE_BLOCKS, include_top=False)
+    report = weights_import.load_pretrained(target, str(tmp_path), "s")
+    assert report["source_head_unused"] and report["ema"]
+    _assert_backbone_equal(target, expected)
+
+
+def test_variant_argument_other_than_the_model_refused(reference):
+    _, prefix = reference  # Holds efficientnetv2-s.
+    b0 = tiny(variant="b0")
+    with pytest.raises(ValueError, match=r"variant 's' \(EfficientNetV2-S\) was given for the model "
+                                         r"'efficientnetv2-b0', which is EfficientNetV2-B0; pass variant='b0'"):
+        weights_import.load_pretrained(b0, prefix, "s")
+    custom = tiny(name="my-net")  # No variant in its name: the message says whose word it is.
+    with pytest.raises(ValueError, match=r"holds efficientnetv2-s \(EfficientNetV2-S\); the model 'my-net' "
+                                         r"was given as EfficientNetV2-M"):
+        weights_import.load_pretrained(custom, prefix, "m")
+
+
+# ------------------------------------------------------------------------------------------------
+# Files given as init_checkpoint that are not what they say, or not a checkpoint.
+
+
+def test_not_hdf5_h5_refused(tmp_path):
+    path = tmp_path / "x.h5"
+    path.write_text("not weights\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not an HDF5 file"):
+        weights_import.load_pretrained(tiny(), str(path), "s")
+
+
+def test_unsupported_file_refused_with_the_formats(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not a format init_checkpoint reads; "
+                                         r"expected .*\.keras model file"):
+        weights_import.load_pretrained(tiny(), str(path), "s")
+
+
+def test_keras_model_file_of_ours(tmp_path):
+    source = tiny()
+    randomize_weights(source, seed=14)
+    path = str(tmp_path / "model.keras")
+    source.save(path)
+    target = tiny()
+    report = weights_import.load_pretrained(target, path, "s")
+    assert report["format"] == "keras model file" and not report["skipped"]
+    np.testing.assert_array_equal(predict(target, images()), predict(source, images()))
+    other = str(tmp_path / "m.keras")
+    tiny(variant="m").save(other)
+    with pytest.raises(ValueError, match=r"holds model 'efficientnetv2-m' \(EfficientNetV2-M\); the model "
+                                         r"'efficientnetv2-s' is EfficientNetV2-S"):
+        weights_import.load_pretrained(target, other, "s")
+
+
+def _good_archive(tmp_path, reference_prefix, suffix=".tgz"):
+    folder = os.path.dirname(reference_prefix)
+    archive = str(tmp_path / f"efficientnetv2-s{suffix}")
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in sorted(os.listdir(folder)):
+                z.write(os.path.join(folder, name), f"efficientnetv2-s/{name}")
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(folder, arcname="efficientnetv2-s")
+    return archive
+
+
+def test_zip_archive_loads(reference, tmp_path):
+    source, prefix = reference
+    target = tiny()
+    weights_import.load_pretrained(target, _good_archive(tmp_path, prefix, ".zip"), "s")
+    np.testing.assert_array_equal(predict(target, images()), predict(source, images()))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.parametrize("suffix", [".tgz", ".zip"])
+def test_damaged_archive_refused(reference, tmp_path, damage, suffix):
+    archive = _good_archive(tmp_path, reference[1], suffix)
+    data = open(archive, "rb").read()
+    with open(archive, "wb") as f:
+        f.write(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+    with pytest.raises(ValueError, match=rf"archive {re.escape(archive)} is damaged"):
+        weights_import.load_pretrained(tiny(), archive, "s")
+
+
+# ------------------------------------------------------------------------------------------------
+# Archives: the checkpoint comes from inside, and the unpacked size is capped.
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_archive_index_pointing_outside_ignored(tmp_path, inside):
+    """An archive's 'checkpoint' file naming an absolute path: that checkpoint is never loaded."""
+    outside = tiny()
+    randomize_weights(outside, seed=15)
+    outside_prefix = _write_reference(str(tmp_path / "outside" / "model"), outside, ema=False)
+    packed = tiny()
+    randomize_weights(packed, seed=16)
+    folder = tmp_path / "packed"
+    if inside:
+        _write_reference(str(folder / "model"), packed, ema=False)
+    folder.mkdir(exist_ok=True)
+    (folder / "checkpoint").write_text(f'model_checkpoint_path: "{outside_prefix}"\n')
+    archive = _archive(str(tmp_path / "a.tgz"), lambda tar: tar.add(str(folder), arcname="efficientnetv2-s"))
+    target = tiny()
+    if inside:
+        weights_import.load_pretrained(target, archive, "s")
+        np.testing.assert_array_equal(predict(target, images()), predict(packed, images()))
+    else:
+        before = weights_of(target)
+        with pytest.raises(ValueError, match=rf"archive {re.escape(archive)} holds 0 checkpoints"):
+            weights_import.load_pretrained(target, archive, "s")
+        for a, b in zip(before, weights_of(target)):
+            np.testing.assert_array_equal(a, b)
+
+
+def _bomb(tmp_path, suffix, size=2 * 2**20):
+    archive = str(tmp_path / f"bomb{suffix}")
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("efficientnetv2-s/ok.txt", b"x")
+            z.writestr("efficientnetv2-s/zeros", b"\0" * size)
+    else:
+        _archive(archive, lambda tar: (_file(tar, "efficientnetv2-s/ok.txt"),
+                                       _file(tar, "efficientnetv2-s/zeros", b"\0" * size)))
+    return archive
+
+
+@pytest.mark.parametrize("suffix", [".tgz", ".zip"])
+def test_archive_over_the_cap_refused(tmp_path, monkeypatch, suffix):
+    archive = _bomb(tmp_path, suffix)
+    assert os.path.getsize(archive) < 2**20 // 50, "a small archive that unpacks large"
+    destination = tmp_path / "out"
+    pattern = rf"archive {re.escape(archive)}: .* 2\.0 MiB, over the cap of 1 MiB .*train\.max_archive_mb"
+    with pytest.raises(weights_import.UnsafeArchiveError, match=pattern):
+        weights_import.safe_extract(archive, str(destination), max_unpacked_bytes=2**20)
+    assert os.listdir(destination) == [], "nothing may be extracted from an archive over the cap"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(weights_import.UnsafeArchiveError, match=pattern):
+        weights_import.load_pretrained(tiny(), archive, "s", max_unpacked_bytes=2**20)
+    assert os.listdir(temp) == [], "the import's temporary folder is removed"
+
+
+def test_archive_writing_past_the_cap_stopped(tmp_path, monkeypatch):
+    """Headers that understate the sizes: the bytes written are counted too, and the partial
+    extraction is removed."""
+    archive = _bomb(tmp_path, ".tgz")
+    real = weights_import._tar_members
+    monkeypatch.setattr(weights_import, "_tar_members",
+                        lambda tar: [dataclasses.replace(m, size=0) for m in real(tar)])
+    destination = tmp_path / "out"
+    with pytest.raises(weights_import.UnsafeArchiveError, match=r"unpacking wrote over 2\.0 MiB"):
+        weights_import.safe_extract(archive, str(destination), max_unpacked_bytes=2**20)
+    assert os.listdir(destination) == []
+
+
+def test_safe_extract_refuses_a_folder_with_files(tmp_path):
+    archive = _bomb(tmp_path, ".tgz", size=10)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("user data")
+    with pytest.raises(ValueError, match="is not empty"):
+        weights_import.safe_extract(archive, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
