@@ -1,6 +1,7 @@
 """Pretrained weights into a built model: our runs, keras.applications files, the reference release.
 
-``load_pretrained(model, path, variant)`` reads these formats and finds which one ``path`` holds:
+``load_pretrained(model, path, variant)`` reads these formats and finds which one ``path`` holds
+(``variant`` must agree with the model's name when that names a variant, as ``build_model``'s does):
 
 1. Our own checkpoints (``RunCheckpoint``): a run folder (``model_dir``, using
    ``model_dir/checkpoints``' latest), a checkpoints folder, or a checkpoint prefix
@@ -55,6 +56,7 @@ from efficientnetv2.variants import get_variant
 
 __all__ = [
     "load_pretrained",
+    "DEFAULT_MAX_UNPACKED_BYTES",
     "read_run_checkpoint",
     "assign_run_checkpoint",
     "find_checkpoint",
