@@ -10,20 +10,39 @@ exactly where the run stopped.
 (``checkpoint``), so a kill during a save leaves the index pointing at the previous checkpoint.
 ``restore_latest`` also survives a damaged newest checkpoint (truncated or missing file): it warns,
 naming both, and falls back to the one before; it never silently starts from scratch over existing
-checkpoints.
+checkpoints. The candidates and the fallback are the module's functions ``checkpoint_candidates``
+and ``restore_with_fallback``, which export and prediction use too (one restore path).
+
+TensorFlow writes a checkpoint into ``ckpt-<N>_temp/`` and renames its files into place at the end;
+a save that fails (disk full, read-only folder) or is killed leaves that folder behind. A failed
+save raises ``CheckpointError`` naming the checkpoint and the previous one, which is kept; the next
+save of a run removes leftover ``ckpt-<N>_temp`` folders (that exact name only), saying so. Not at
+construction: an evaluation reading the folder while training writes must not remove a save in
+progress.
 """
 
 import os
+import re
 import shutil
 
 from absl import logging
 import tensorflow as tf
 
-__all__ = ["RunCheckpoint", "CheckpointError"]
+__all__ = [
+    "RunCheckpoint",
+    "CheckpointError",
+    "checkpoint_candidates",
+    "restore_checkpoint",
+    "restore_with_fallback",
+    "remove_temp_folders",
+]
+
+# The folder TensorFlow writes a checkpoint into before renaming its files into place.
+_TEMP_FOLDER = re.compile(r"ckpt-\d+_temp")
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected."""
+    """A checkpoint that cannot be restored or written, or none usable where one was expected."""
 
 
 class RunCheckpoint:
@@ -59,6 +78,7 @@ class RunCheckpoint:
         self.reader = self.manager if chief else tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=max_to_keep
         )
+        self._temps_removed = not chief
 
     @property
     def position(self):
@@ -70,7 +90,19 @@ class RunCheckpoint:
         self.step_in_epoch.assign(step_in_epoch)
         if global_step is None:
             global_step = int(self.checkpoint.optimizer.iterations.numpy())
-        path = self.manager.save(checkpoint_number=global_step)
+        if not self._temps_removed:
+            remove_temp_folders(self.directory)
+            self._temps_removed = True
+        try:
+            path = self.manager.save(checkpoint_number=global_step)
+        except (OSError, tf.errors.OpError) as e:
+            prefix = os.path.join(self.manager.directory, f"ckpt-{global_step}")
+            _remove_temp_folder(f"{prefix}_temp")
+            kept = tf.train.latest_checkpoint(self.directory)
+            raise CheckpointError(
+                f"cannot write checkpoint {prefix} ({_reason(e)}); "
+                + (f"the previous checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
+            ) from e
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
             return None
@@ -78,42 +110,15 @@ class RunCheckpoint:
 
     def restore_latest(self):
         """Restores the newest usable checkpoint; returns its path, or None when there is none."""
-        candidates = list(reversed(self.reader.checkpoints))
-        latest = self.reader.latest_checkpoint
-        if latest and latest not in candidates:
-            candidates.insert(0, latest)
-        if not candidates:
-            leftovers = tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index"))
-            if leftovers:
-                candidates = sorted(leftovers, key=_number, reverse=True)
-                candidates = [c[: -len(".index")] for c in candidates]
-            else:
-                return None
-        failures = []
-        for path in candidates:
-            try:
-                self.restore(path)
-            except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways (OpError, IndexError, ...)
-                failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
-                logging.warning(
-                    "Checkpoint %s is damaged or unreadable (%s: %s); falling back to the previous one.",
-                    path,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:200],
-                )
-                continue
-            if failures:
-                logging.warning("Restored %s instead of the damaged %s.", path, ", ".join(failures))
-            return path
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} can be restored into this model; refusing to start "
-            f"from scratch over existing work (a damaged file, or a run of another variant or "
-            f"config). Tried: {'; '.join(failures)}. Move the folder away to start anew."
-        )
+        return restore_with_fallback(self.directory, self.restore)
 
     def restore(self, path):
+        """Restores the checkpoint ``path`` (a prefix); ``CheckpointError`` naming it when it cannot."""
         if not tf.io.gfile.exists(path + ".index"):
             raise CheckpointError(f"checkpoint {path} not found ({path}.index is missing)")
+        return restore_checkpoint(path, self._restore)
+
+    def _restore(self, path):
         checkpoint = self.checkpoint
         if not any(name.startswith("rng/") for name, _ in tf.train.list_variables(path)):
             # Written before random states were checkpointed: restore the rest, and say what differs.
@@ -126,6 +131,91 @@ class RunCheckpoint:
         status = checkpoint.restore(path)
         status.assert_existing_objects_matched()
         return path
+
+
+def checkpoint_candidates(directory):
+    """The checkpoint prefixes in ``directory``, newest first: those its index (``checkpoint``) lists,
+    or, without a readable index, every ``ckpt-<N>`` with an ``.index`` file by decreasing N."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    state = tf.train.get_checkpoint_state(directory)
+    candidates = []
+    if state is not None:
+        candidates = list(reversed(state.all_model_checkpoint_paths))
+        if state.model_checkpoint_path and state.model_checkpoint_path not in candidates:
+            candidates.insert(0, state.model_checkpoint_path)
+    if not candidates:
+        indexes = tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))
+        candidates = [i[: -len(".index")] for i in sorted(indexes, key=_number, reverse=True)]
+    return candidates
+
+
+def restore_checkpoint(path, restore_fn):
+    """``restore_fn(path)``; any failure becomes a one-line ``CheckpointError`` naming ``path``."""
+    try:
+        return restore_fn(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways (OpError, IndexError, ...)
+        raise CheckpointError(f"checkpoint {path} cannot be restored ({_reason(e)})") from e
+
+
+def restore_with_fallback(directory, restore_fn):
+    """``restore_fn(path)`` for the newest checkpoint in ``directory`` it succeeds on; its result.
+
+    A checkpoint that fails (damaged, truncated, missing a file) is skipped with a warning naming it;
+    when every one fails, ``CheckpointError`` lists them all. ``None`` when there is no checkpoint.
+    """
+    candidates = checkpoint_candidates(directory)
+    if not candidates:
+        return None
+    failures = []
+    for path in candidates:
+        try:
+            result = restore_fn(path)
+        except Exception as e:  # noqa: BLE001 -- a damaged file fails in many ways (OpError, IndexError, ...)
+            cause = e.__cause__ if isinstance(e, CheckpointError) and e.__cause__ is not None else e
+            failures.append(f"{path} ({_reason(cause)})")
+            logging.warning("Checkpoint %s is damaged or unreadable (%s); falling back to the previous one.",
+                            path, _reason(cause, 200))
+            continue
+        if failures:
+            logging.warning("Restored %s instead of the damaged %s.", path, ", ".join(failures))
+        return result
+    raise CheckpointError(
+        f"no checkpoint in {directory} can be restored into this model; refusing to start "
+        f"from scratch over existing work (a damaged file, or a run of another variant or "
+        f"config). Tried: {'; '.join(failures)}. Move the folder away to start anew."
+    )
+
+
+def remove_temp_folders(directory):
+    """Removes the ``ckpt-<N>_temp`` folders of saves that failed or were killed in ``directory``.
+
+    Only folders of exactly that name (TensorFlow's for a checkpoint being written); nothing else.
+    Call it only where no other process is saving into ``directory``.
+    """
+    if not os.path.isdir(directory):
+        return []
+    removed = [os.path.join(directory, e) for e in sorted(os.listdir(directory)) if _TEMP_FOLDER.fullmatch(e)]
+    removed = [path for path in removed if _remove_temp_folder(path)]
+    if removed:
+        logging.warning("Removed %s, left by a checkpoint save that failed or was killed.", ", ".join(removed))
+    return removed
+
+
+def _remove_temp_folder(path):
+    """Removes the folder ``path`` (not a link, not a file); whether it did."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
+
+def _reason(error, limit=300):
+    """``error`` as one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
 
 
 def random_states(model):

@@ -26,7 +26,13 @@ SavedModel signatures (every one returns ``probabilities`` [batch, classes] floa
   concrete function of the same ``serve`` function; from Python, ``loaded.serve(images)`` takes
   either dtype.)
 - ``serving_bytes``: ``image_bytes`` string [batch] of encoded JPEG/PNG/GIF/BMP, decoded and
-  center-cropped like the evaluation pipeline (``datasets.decode.center_crop``).
+  center-cropped like the evaluation pipeline (``datasets.decode.center_crop``). When an image cannot
+  be decoded the call fails with an ``InvalidArgumentError`` naming the first one, "image_bytes[3]
+  cannot be decoded (...); 1 of 8 images in the batch cannot" (no per-image validity output: a batch
+  either gets a result for every image or an error saying which to drop).
+
+An empty batch (``[0, height, width, 3]`` or ``image_bytes`` of 0) gives empty outputs
+(``probabilities`` [0, classes] and so on).
 
 Images of any height and width are resized (bilinear) to the evaluation size S inside; images
 already S x S pass unchanged. ``images`` is declared with unknown shape so that the rank and channel
@@ -37,6 +43,14 @@ Everything is written into a temporary folder beside ``export_dir`` and moved in
 complete; an existing export is swapped out atomically (``renameat2(RENAME_EXCHANGE)`` on Linux,
 otherwise two renames) and deleted after. A kill during export leaves the previous export or the new
 one, never a half-written folder.
+
+An export replaces only a previous export: ``export_dir`` must be absent, an empty folder, or a folder
+holding this project's ``export.json`` (``"format": "efficientnetv2-export/1"``, or the earlier
+version's manifest without ``format``, which had ``variant``, ``num_classes`` and ``files``: those are
+ours too, and upgrading should not strand them) and nothing but the files listed above. Anything else
+(a file, a symbolic link, a folder with other contents) is refused with a ``ValueError`` naming it,
+before anything is written; so are the run folder itself, a folder above it, and its checkpoints,
+logs, best model and config (``check_export_dir``). ``model_dir/export`` is fine.
 """
 
 import ctypes
@@ -45,6 +59,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 
 from absl import logging
@@ -53,10 +68,12 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnetv2 import keras_applications, training, weights_import
+from efficientnetv2.checkpointing import restore_checkpoint, restore_with_fallback
 from efficientnetv2.variants import get_variant
 
 __all__ = [
     "export_run",
+    "check_export_dir",
     "export_model",
     "load_inference_model",
     "predict_files",
@@ -79,6 +96,8 @@ FILES = {
     "labels": "labels.txt",
     "manifest": "export.json",
 }
+# ``export.json``'s "format": what marks a folder as an export of this project.
+EXPORT_FORMAT = "efficientnetv2-export/1"
 
 
 def imagenet_class_names():
@@ -110,14 +129,18 @@ class InferenceInfo:
 # Restoring a run.
 
 
-def _checkpoint_prefix(model_dir, checkpoint_path):
+def _read_checkpoint(model_dir, checkpoint_path):
+    """The run's ``RunCheckpointWeights``: of ``checkpoint_path`` when given (no fallback: the user
+    asked for that one), else of the newest readable checkpoint, falling back past damaged ones as
+    training does (``checkpointing.restore_with_fallback``)."""
     if checkpoint_path:
-        return weights_import.find_checkpoint(checkpoint_path)
+        prefix = weights_import.find_checkpoint(checkpoint_path)
+        return restore_checkpoint(prefix, weights_import.read_run_checkpoint)
     folder = os.path.join(model_dir, "checkpoints")
-    latest = tf.train.latest_checkpoint(folder) if tf.io.gfile.isdir(folder) else None
-    if not latest:
+    weights = restore_with_fallback(folder, weights_import.read_run_checkpoint)
+    if weights is None:
         raise FileNotFoundError(f"no checkpoint in {folder}: train first, or pass --checkpoint")
-    return latest
+    return weights
 
 
 def _class_names(config, num_classes):
@@ -167,10 +190,13 @@ def load_inference_model(config, model_dir, checkpoint_path=None):
     The model maps float32 images [batch, S, S, 3] in [0, 255] to softmax probabilities; its head
     dropout rate is 0 and, called without ``training=True``, batch norm uses its moving statistics.
     The weights are read by variable name (``weights_import.read_run_checkpoint``): every model
-    weight must be in the checkpoint with its shape, else ``ValueError``.
+    weight must be in the checkpoint with its shape, else ``ValueError``. Without
+    ``checkpoint_path``, a damaged newest checkpoint is skipped with a warning for the one before
+    (``CheckpointError`` when none can be read); a damaged ``checkpoint_path`` is a
+    ``CheckpointError`` naming it.
     """
-    prefix = _checkpoint_prefix(model_dir, checkpoint_path)
-    weights = weights_import.read_run_checkpoint(prefix)
+    weights = _read_checkpoint(model_dir, checkpoint_path)
+    prefix = weights.prefix
     spec = get_variant(config.model.variant)
     num_classes = weights.num_classes
     if num_classes is None:
@@ -195,9 +221,9 @@ def load_inference_model(config, model_dir, checkpoint_path=None):
     try:
         report = weights_import.assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=False)
     except ValueError as e:
-        raise ValueError(f"{e} (the config says EfficientNetV2-{spec.name.upper()}"
-                         f"{', ' + ', '.join(_architecture_overrides(config)) if _architecture_overrides(config) else ''}"
-                         f"; is this checkpoint from another run?)") from None
+        overrides = "".join(f", {override}" for override in _architecture_overrides(config))
+        raise ValueError(f"{e} (the config says EfficientNetV2-{spec.name.upper()}{overrides}"
+                         "; is this checkpoint from another run?)") from None
     info.ema = report["ema"]
     logging.info("Restored %s (%s weights) into EfficientNetV2-%s, %d classes, %d px.", prefix,
                  "EMA" if info.ema else "training", spec.name.upper(), num_classes, info.image_size)
@@ -231,6 +257,35 @@ def _check_images(images):
     return tf.cast(tf.ensure_shape(images, [None, None, None, 3]), tf.float32)
 
 
+def _decode_batch(image_bytes, size):
+    """Encoded images [batch] -> float32 [batch, size, size, 3] center crops, or an
+    InvalidArgumentError naming the first image that cannot be decoded: "image_bytes[<i>] cannot be
+    decoded ...".
+
+    A decoding op fails the whole call without saying which image it was given, and a graph cannot
+    catch an op's error; tf.data can: the images are decoded in a dataset that drops the failures,
+    and the indices that come out tell which did not.
+    """
+    from datasets import decode  # noqa: PLC0415
+
+    indices = tf.range(tf.shape(image_bytes)[0])
+    decoded = tf.data.Dataset.from_tensor_slices((indices, image_bytes)).map(
+        lambda i, b: (i, decode.center_crop(b, size))).ignore_errors()
+    # One batch of all that decoded, or none when nothing did (then the empty initial state stays).
+    batch = decoded.batch(tf.cast(tf.maximum(tf.size(indices), 1), tf.int64))
+    empty = (tf.zeros([0], tf.int32), tf.zeros([0, size, size, 3], tf.float32))
+    kept, images = batch.reduce(empty, lambda _, x: x)
+    failed = tf.where(tf.logical_not(tf.reduce_any(tf.equal(indices[:, None], kept[None, :]), axis=1)))
+    first = tf.strings.as_string(tf.concat([tf.cast(failed[:, 0], tf.int32), [-1]], 0)[0])
+    message = tf.strings.join([
+        "image_bytes[", first, "] cannot be decoded (corrupt, truncated or not a JPEG/PNG/GIF/BMP "
+        "image); ", tf.strings.as_string(tf.size(failed)), " of ",
+        tf.strings.as_string(tf.size(indices)), " images in the batch cannot"])
+    check = tf.debugging.Assert(tf.equal(tf.size(failed), 0), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 class _Serving(tf.Module):
     """The SavedModel's root: the serving functions and the variables they read.
 
@@ -248,6 +303,10 @@ class _Serving(tf.Module):
         # Traced once; the three signatures only prepare images and call it.
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         def outputs(images):
+            # An empty batch gives empty results: the model runs on one blank image instead (Keras'
+            # batch norm refuses a batch of 0), and every output keeps the first 0 rows.
+            count = tf.shape(images)[0]
+            images = tf.cond(tf.equal(count, 0), lambda: tf.zeros([1, size, size, 3]), lambda: images)
             probabilities = model(images, training=False)
             top = tf.math.top_k(probabilities, k=k)
             result = {
@@ -257,7 +316,7 @@ class _Serving(tf.Module):
             }
             if names is not None:
                 result["top5_names"] = tf.gather(names, top.indices)
-            return result
+            return {key: value[:count] for key, value in result.items()}
 
         def serve(images):
             images = _check_images(images)
@@ -270,14 +329,7 @@ class _Serving(tf.Module):
             return outputs(tf.ensure_shape(images, [None, size, size, 3]))
 
         def serve_bytes(image_bytes):
-            from datasets import decode  # noqa: PLC0415
-
-            images = tf.map_fn(
-                lambda b: decode.center_crop(b, size),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
-            )
-            return outputs(images)
+            return outputs(_decode_batch(image_bytes, size))
 
         self.serve = tf.function(serve)
         self.serve_bytes = tf.function(
@@ -351,12 +403,11 @@ def _exchange(a, b):
 
 
 def _replace_folder(new, target):
-    """Moves the complete folder ``new`` to ``target``, replacing what is there."""
+    """Moves the complete folder ``new`` to ``target``, replacing a previous export there."""
     if not os.path.lexists(target):
         os.replace(new, target)
         return
-    if not os.path.isdir(target) or os.path.islink(target):
-        raise ValueError(f"export_dir {target} exists and is not a folder; refusing to replace it")
+    _check_replaceable(target)  # Again: the folder may have changed while the export was written.
     if _exchange(new, target):
         shutil.rmtree(new)  # ``new`` now holds the previous export.
         return
@@ -366,28 +417,108 @@ def _replace_folder(new, target):
     shutil.rmtree(old)
 
 
+# ------------------------------------------------------------------------------------------------
+# What an export may replace, and where it may go.
+
+# The run folder's own entries, where an export must not go (``model_dir/export`` is the default).
+RUN_ENTRIES = ("checkpoints", "logs", "best", "config.yaml")
+
+
+def _is_our_manifest(path):
+    """Whether ``path`` is an ``export.json`` this project wrote: one with ``format`` EXPORT_FORMAT,
+    or one of the earlier version (before ``format``), which had ``variant``, ``num_classes`` and
+    ``files``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    return manifest.get("format") == EXPORT_FORMAT or (
+        "format" not in manifest and {"variant", "num_classes", "files"} <= set(manifest))
+
+
+def _check_replaceable(export_dir):
+    """Raises ``ValueError`` unless ``export_dir`` is absent, an empty folder, or a previous export:
+    a folder holding our ``export.json`` and nothing but the files an export writes (so that replacing
+    it deletes nothing a person wrote)."""
+    if not os.path.lexists(export_dir):
+        return
+    if os.path.islink(export_dir):
+        raise ValueError(f"export_dir {export_dir} is a symbolic link; refusing to replace it "
+                         "(pass the folder it points to, or another path)")
+    if not os.path.isdir(export_dir):
+        raise ValueError(f"export_dir {export_dir} exists and is not a folder; refusing to replace it")
+    entries = os.listdir(export_dir)
+    if not entries:
+        return
+    if not _is_our_manifest(os.path.join(export_dir, FILES["manifest"])):
+        raise ValueError(f"export_dir {export_dir} is not empty and is not an export of this project "
+                         f"(no {FILES['manifest']} written by it); refusing to replace it: pass an "
+                         "empty or new folder")
+    foreign = sorted(set(entries) - set(FILES.values()))
+    if foreign:
+        raise ValueError(f"export_dir {export_dir} is an earlier export but also holds "
+                         f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which an "
+                         "export does not write; refusing to replace it: move them away first")
+
+
+def _inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_export_dir(export_dir, model_dir):
+    """Raises ``ValueError`` when exporting to ``export_dir`` could delete anything but a previous export.
+
+    Refused: the run folder ``model_dir`` itself, a folder above it, a path inside its own entries
+    (``RUN_ENTRIES``: checkpoints, logs, best model, config), and an existing ``export_dir`` that is
+    not an empty folder or a previous export of this project (see ``_check_replaceable``). Paths are
+    compared after resolving symbolic links and ``.``; ``model_dir/export`` (the default) is fine.
+    """
+    target = os.path.realpath(export_dir)
+    run = os.path.realpath(model_dir)
+    if _inside(run, target):
+        what = "the run folder" if target == run else "a folder containing the run folder"
+        raise ValueError(f"export_dir {export_dir} is {what} model_dir {model_dir}; replacing it would "
+                         "delete the run: pass another folder (default: model_dir/export)")
+    for entry in RUN_ENTRIES:
+        if _inside(target, os.path.join(run, entry)):
+            raise ValueError(f"export_dir {export_dir} is inside the run's own {entry} "
+                             f"({os.path.join(model_dir, entry)}); pass another folder "
+                             "(default: model_dir/export)")
+    _check_replaceable(export_dir)
+
+
 def _temp_prefix(export_dir):
     parent, name = os.path.split(os.path.abspath(export_dir))
     return os.path.join(parent, f".{name}.export-tmp-")
 
 
 def _remove_stale_temps(export_dir):
-    """Removes the temporary folders of exports that were killed (their process is gone)."""
+    """Removes the temporary folders of exports that were killed (their process is gone).
+
+    Only folders named as ``export_model`` names them (``.<name>.export-tmp-<pid>-<8 hex>``, or that
+    with ``.old``) that hold nothing but files an export writes; anything else is left alone.
+    """
     prefix = _temp_prefix(export_dir)
     parent = os.path.dirname(prefix)
     if not os.path.isdir(parent):
         return
+    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)-[0-9a-f]{8}(\.old)?")
     for entry in os.listdir(parent):
+        match = pattern.fullmatch(entry)
         path = os.path.join(parent, entry)
-        if not path.startswith(prefix):
+        if not match or os.path.islink(path) or not os.path.isdir(path):
             continue
+        if set(os.listdir(path)) - set(FILES.values()):
+            continue  # Not only what an export writes: not ours to delete.
         try:
-            pid = int(path[len(prefix):].split("-")[0])
-            os.kill(pid, 0)
+            os.kill(int(match.group(1)), 0)
         except ProcessLookupError:
             logging.info("Removing %s, left by an interrupted export.", path)
             shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, PermissionError):
+        except (OverflowError, PermissionError):
             continue
 
 
@@ -398,6 +529,7 @@ def export_model(model, export_dir, info):
     """Writes every export format of the inference ``model`` (see the module docstring) into
     ``export_dir``, atomically. Returns ``{kind: path}`` of what was written."""
     export_dir = os.path.abspath(export_dir)
+    _check_replaceable(export_dir)
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
     _remove_stale_temps(export_dir)
     tmp = f"{_temp_prefix(export_dir)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -427,6 +559,7 @@ def export_model(model, export_dir, info):
                 f.write("".join(f"{name}\n" for name in info.class_names))
             written.append("labels")
         manifest = {
+            "format": EXPORT_FORMAT,
             "variant": info.variant.name,
             "num_classes": info.num_classes,
             "image_size": info.image_size,
@@ -456,6 +589,7 @@ def export_run(config, model_dir, export_dir, checkpoint_path=None):
     variant has one), ``tflite_float32``, ``tflite_dynamic_range``, ``labels`` (when names exist) and
     ``manifest``.
     """
+    check_export_dir(export_dir, model_dir)
     model, info = load_inference_model(config, model_dir, checkpoint_path)
     written = export_model(model, export_dir, info)
     logging.info("Exported EfficientNetV2-%s (%s, %d px) to %s.", info.variant.name.upper(),
@@ -467,33 +601,90 @@ def export_run(config, model_dir, export_dir, checkpoint_path=None):
 # Prediction on files.
 
 
-def _load_image(path, image_size):
+def _read_image_file(path, max_bytes):
+    """The bytes of the image file ``path``; ``ValueError`` / ``FileNotFoundError`` naming it when it
+    is not a regular file or is larger than ``max_bytes``.
+
+    Checked before reading (a device such as /dev/zero never ends, a pipe blocks), and again on the
+    open file, opened without blocking, in case ``path`` changed in between.
+    """
+    if "://" in path:  # GCS and other TF file systems: no devices or pipes there.
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"image {path} not found")
+        if tf.io.gfile.isdir(path):
+            raise ValueError(f"image {path} is a folder, not an image file")
+        _check_image_size(path, tf.io.gfile.stat(path).length, max_bytes)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read(max_bytes + 1)
+    try:
+        _check_image_stat(path, os.stat(path), max_bytes)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            _check_image_stat(path, os.fstat(f.fileno()), max_bytes)
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} not found") from None
+    except OSError as e:
+        raise ValueError(f"image {path} cannot be read ({e.strerror or e})") from None
+    _check_image_size(path, len(data), max_bytes)  # A file that grew since.
+    return data
+
+
+def _check_image_stat(path, st, max_bytes):
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"image {path} is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"image {path} is not a regular file (a device, pipe or socket); not read")
+    _check_image_size(path, st.st_size, max_bytes)
+
+
+def _check_image_size(path, size, max_bytes):
+    if size > max_bytes:
+        raise ValueError(f"image {path} is {size / 2**20:.1f} MiB, more than eval.max_image_mb = "
+                         f"{max_bytes // 2**20}; not read")
+
+
+def _load_image(path, image_size, max_bytes):
     from datasets import decode  # noqa: PLC0415
 
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"image {path} not found")
-    data = tf.io.read_file(path)
+    data = _read_image_file(path, max_bytes)
     try:
-        return decode.center_crop(data, image_size).numpy()
+        return decode.center_crop(tf.constant(data), image_size).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or str(e)).strip().splitlines()[0][:200]
         raise ValueError(f"cannot decode image {path}: {reason} (corrupt, truncated or not an image?)") from None
 
 
 def predict_files(config, model_dir, images, checkpoint_path=None):
-    """Yields ``(image, [(class name, probability)] * 5)`` for each image file, best first.
+    """Yields ``(image, top5, error)`` for each image file, in order: exactly one of ``top5``
+    (``[(class name, probability)]``, best first, up to 5) and ``error`` (a one-line ``str`` naming
+    the file and what is wrong with it) is ``None``.
 
-    Images are decoded and center-cropped like the evaluation data, at the evaluation size, before
-    the model is restored: a missing file raises ``FileNotFoundError`` and an undecodable one
-    ``ValueError``, each naming the file. Names are the dataset's class names, ImageNet's for a
-    1000-class model, else ``class_<i>``.
+    Only regular files of at most ``config.eval.max_image_mb`` MiB are read (a folder, device, pipe
+    or larger file is an error, never opened or read whole). Images are decoded and center-cropped
+    like the evaluation data, at the evaluation size, all before the model is restored (once, and
+    not at all when no image is usable). Names are the dataset's class names, ImageNet's for a
+    1000-class model, else ``class_<i>``. A checkpoint that cannot be restored raises, as in
+    ``load_inference_model``.
     """
     images = list(images)
     size = eval_image_size(config)
-    pixels = [_load_image(path, size) for path in images]
-    model, info = load_inference_model(config, model_dir, checkpoint_path)
-    k = min(TOP_K, info.num_classes)
-    for path, x in zip(images, pixels):
+    max_bytes = int(getattr(config.eval, "max_image_mb", 64)) * 2**20
+    pixels, errors = [], []
+    for path in images:
+        try:
+            pixels.append(_load_image(path, size, max_bytes))
+            errors.append(None)
+        except (ValueError, FileNotFoundError) as e:
+            pixels.append(None)
+            errors.append(str(e))
+    model = info = None
+    if any(error is None for error in errors):
+        model, info = load_inference_model(config, model_dir, checkpoint_path)
+    for path, x, error in zip(images, pixels, errors):
+        if error is not None:
+            yield path, None, error
+            continue
         probabilities = np.asarray(model(x[None], training=False))[0]
-        top = np.argsort(-probabilities, kind="stable")[:k]
-        yield path, [(info.class_name(int(i)), float(probabilities[i])) for i in top]
+        top = np.argsort(-probabilities, kind="stable")[:min(TOP_K, info.num_classes)]
+        yield path, [(info.class_name(int(i)), float(probabilities[i])) for i in top], None

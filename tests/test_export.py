@@ -4,8 +4,10 @@ The reference for every format is the Keras inference model restored the way eva
 (``RunCheckpoint`` + ``swap_ema_weights``), not the exporter's own reading of the checkpoint.
 """
 
+import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,7 @@ import tensorflow as tf
 
 from datasets import decode
 from efficientnetv2 import build_model, export, optimizers, training
-from efficientnetv2.checkpointing import RunCheckpoint
+from efficientnetv2.checkpointing import CheckpointError, RunCheckpoint
 from efficientnetv2.variants import get_variant
 from tests.training_helpers import tiny_config
 from tests.weights_randomizer import randomize_weights
@@ -125,12 +127,25 @@ def test_saved_model_and_keras_file_in_a_fresh_process(run, reference_model, tmp
             ("dtype", lambda: default(images=tf.zeros([1, {SIZE}, {SIZE}, 3], tf.float64))),
             ("serve_dtype", lambda: loaded.serve(tf.zeros([1, {SIZE}, {SIZE}, 3], tf.int32))),
             ("bytes", lambda: loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"not an image"]))),
+            ("bytes_index", lambda: loaded.signatures["serving_bytes"](
+                image_bytes=tf.constant([data["encoded"][0], data["encoded"][1], data["encoded"][0][:40],
+                                         b"junk", data["encoded"][1]]))),
         ]:
             try:
                 call()
                 errors[name] = "no error"
             except Exception as e:
                 errors[name] = type(e).__name__ + ": " + str(e)
+        for name, call in [
+            ("empty_default", lambda: default(images=tf.zeros([0, 40, 60, 3]))),
+            ("empty_uint8", lambda: loaded.signatures["serving_uint8"](
+                images=tf.zeros([0, {SIZE}, {SIZE}, 3], tf.uint8))),
+            ("empty_bytes", lambda: loaded.signatures["serving_bytes"](image_bytes=tf.constant([], tf.string))),
+        ]:
+            try:
+                errors[name] = json.dumps({{k: list(v.shape) for k, v in call().items()}}, sort_keys=True)
+            except Exception as e:
+                errors[name] = type(e).__name__ + ": " + str(e)[:300]
         import efficientnetv2, keras  # Registers our layers: no custom_objects needed.
         model = keras.models.load_model({run["written"]["keras"]!r}, safe_mode=True)
         out["keras"] = np.asarray(model(data["x"].astype("float32")))
@@ -158,7 +173,13 @@ def test_saved_model_and_keras_file_in_a_fresh_process(run, reference_model, tmp
     assert "images must be a batch" in errors["channels"] and "1 48 48 4" in errors["channels"]
     assert "float" in errors["dtype"] and "double" in errors["dtype"]
     assert "int32" in errors["serve_dtype"]
-    assert "InvalidArgumentError" in errors["bytes"]
+    assert "InvalidArgumentError" in errors["bytes"] and "image_bytes[0] cannot be decoded" in errors["bytes"]
+    # The first of the bad images (a truncated PNG and junk) is named, and how many there are.
+    assert "image_bytes[2] cannot be decoded" in errors["bytes_index"], errors["bytes_index"]
+    assert "2 of 5 images in the batch cannot" in errors["bytes_index"]
+    empty = {"probabilities": [0, 10], "top5_ids": [0, 5], "top5_names": [0, 5], "top5_probabilities": [0, 5]}
+    for name in ("empty_default", "empty_uint8", "empty_bytes"):
+        assert errors[name] == json.dumps(empty, sort_keys=True), (name, errors[name])
 
 
 def test_saved_model_cli_run(run, reference_model, tmp_path):
@@ -272,14 +293,102 @@ def test_export_is_atomic(run, monkeypatch, tmp_path):
     assert sorted(os.listdir(export_dir)) == sorted(os.path.basename(p) for p in run["written"].values())
 
 
+def _tree(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, dirs, files in os.walk(folder) for name in dirs + files)
+
+
+def test_export_refuses_folders_it_did_not_write_and_deletes_nothing(run, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(run["model_dir"], model_dir)
+    config = run["config"]
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    link = tmp_path / "link"
+    os.symlink(run["export_dir"], link)
+    previous = tmp_path / "previous"
+    shutil.copytree(run["export_dir"], previous)
+    (previous / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    monkeypatch.chdir(model_dir)
+    refused = {
+        model_dir: "is the run folder",
+        ".": "is the run folder",
+        str(tmp_path): "is a folder containing the run folder",
+        os.path.join(model_dir, "checkpoints"): "inside the run's own checkpoints",
+        os.path.join(model_dir, "checkpoints", "export"): "inside the run's own checkpoints",
+        os.path.join(model_dir, "config.yaml"): "inside the run's own config.yaml",
+        str(user): "is not empty and is not an export of this project",
+        str(a_file): "exists and is not a folder",
+        str(link): "is a symbolic link",
+        str(previous): "an earlier export but also holds notes.txt",
+    }
+    for export_dir, message in refused.items():
+        with pytest.raises(ValueError, match=f"export_dir {re.escape(export_dir)} .*{message}"):
+            export.export_run(config, model_dir, export_dir)
+    assert _tree(tmp_path) == before
+    with pytest.raises(ValueError, match="is not empty and is not an export"):
+        export.export_model(None, str(user), None)  # Before anything is written.
+    # What may be replaced: nothing yet, an empty folder, our export, one of the earlier version.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "export.json").write_text(json.dumps({"variant": "s", "num_classes": 10, "files": {}}))
+    (legacy / "model.keras").write_text("")
+    for export_dir in [os.path.join(model_dir, "export"), "export", str(empty), run["export_dir"], str(legacy)]:
+        export.check_export_dir(export_dir, model_dir)
+    assert _manifest(run["export_dir"])["format"] == export.EXPORT_FORMAT
+
+
+def test_stale_temps_removed_are_only_ours(tmp_path):
+    export_dir = str(tmp_path / "export")
+    dead = 2**22 + 12345  # Above Linux's largest pid: no such process.
+    ours = tmp_path / f".export.export-tmp-{dead}-0123abcd"
+    (ours / "saved_model").mkdir(parents=True)
+    ours_old = tmp_path / f".export.export-tmp-{dead}-0123abcd.old"
+    ours_old.mkdir()
+    (ours_old / "export.json").write_text("{}")
+    kept = [f".export.export-tmp-{dead}", f".export.export-tmp-{dead}-0123abcdx", f".export.export-tmp-{dead}-xyz",
+            f".other.export-tmp-{dead}-0123abcd"]
+    for name in kept:
+        (tmp_path / name).mkdir()
+    (tmp_path / f".export.export-tmp-{dead}-99999999").mkdir()
+    (tmp_path / f".export.export-tmp-{dead}-99999999" / "notes.txt").write_text("mine")
+    kept.append(f".export.export-tmp-{dead}-99999999")
+    export._remove_stale_temps(export_dir)
+    assert not ours.exists() and not ours_old.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
+def test_export_falls_back_past_a_damaged_newest_checkpoint(run, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(run["model_dir"], model_dir)
+    newest = os.path.join(model_dir, "checkpoints", "ckpt-4")
+    data = tf.io.gfile.glob(newest + ".data-*")[0]
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    with caplog.at_level("WARNING"):
+        _, info = export.load_inference_model(run["config"], model_dir)
+    assert info.checkpoint == os.path.join(model_dir, "checkpoints", "ckpt-2")
+    assert newest in caplog.text
+    # The checkpoint asked for is not replaced by another: a one-line error naming it.
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(newest)} cannot be restored") as error:
+        export.load_inference_model(run["config"], model_dir, checkpoint_path=newest)
+    assert "\n" not in str(error.value)
+
+
 def test_predict_files(run, reference_model, tmp_path):
     pictures = synthetic_images(2, 70, 90, seed=5)
     png, jpeg = str(tmp_path / "a.png"), str(tmp_path / "b.jpg")
     tf.io.write_file(png, tf.io.encode_png(pictures[0]))
     tf.io.write_file(jpeg, tf.io.encode_jpeg(pictures[1], quality=95))
     results = list(export.predict_files(run["config"], run["model_dir"], [png, jpeg]))
-    assert [r[0] for r in results] == [png, jpeg]
-    for path, top5 in results:
+    assert [r[0] for r in results] == [png, jpeg] and [r[2] for r in results] == [None, None]
+    for path, top5, _ in results:
         expected = reference_model(decode.center_crop(tf.io.read_file(path), SIZE).numpy()[None])[0]
         order = np.argsort(-expected)[:5]
         names = ["circle", "square", "triangle", "ring", "cross", "horizontal_stripes",
@@ -288,15 +397,43 @@ def test_predict_files(run, reference_model, tmp_path):
         np.testing.assert_allclose([p for _, p in top5], expected[order], atol=1e-5)
 
 
-def test_predict_bad_images(run, tmp_path):
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+def test_predict_bad_files_are_one_line_errors_and_the_others_predicted(run, tmp_path, monkeypatch):
+    config = copy.deepcopy(run["config"])
+    config.eval.max_image_mb = 1
     good = str(tmp_path / "good.png")
     tf.io.write_file(good, tf.io.encode_png(synthetic_images(1, 50, 50)[0]))
-    with pytest.raises(ValueError, match=r"cannot decode image .*corrupt\.jpg"):
-        list(export.predict_files(run["config"], run["model_dir"], [good, str(corrupt)]))
-    with pytest.raises(FileNotFoundError, match=r"image .*missing\.png not found"):
-        list(export.predict_files(run["config"], run["model_dir"], [str(tmp_path / "missing.png")]))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    large = tmp_path / "large.png"
+    with open(large, "wb") as f:
+        f.truncate(2 * 2**20)  # Sparse: 2 MiB of zeros, over the 1 MiB limit.
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)  # Opening it for reading would block until a writer comes.
+    images = [str(corrupt), good, "/dev/zero", str(tmp_path), fifo, str(large), str(tmp_path / "missing.png"),
+              good]
+    results = list(export.predict_files(config, run["model_dir"], images))
+    assert [r[0] for r in results] == images
+    expected = {
+        0: r"cannot decode image .*corrupt\.jpg",
+        2: r"image /dev/zero is not a regular file",
+        3: r"image .* is a folder",
+        4: r"image .*pipe is not a regular file",
+        5: r"image .*large\.png is 2\.0 MiB, more than eval\.max_image_mb = 1",
+        6: r"image .*missing\.png not found",
+    }
+    for i, (path, top5, error) in enumerate(results):
+        if i in expected:
+            assert top5 is None and re.match(expected[i], error) and "\n" not in error, (i, error)
+        else:
+            assert error is None and len(top5) == 5, (i, error)
+    assert results[1][1] == results[7][1]
+    # When no image can be predicted, the model is not restored at all.
+    def no_restore(*args, **kwargs):
+        raise AssertionError("restored")
+
+    monkeypatch.setattr(export, "load_inference_model", no_restore)
+    results = list(export.predict_files(config, run["model_dir"], ["/dev/zero", str(corrupt)]))
+    assert [(top5, bool(error)) for _, top5, error in results] == [(None, True), (None, True)]
 
 
 def test_missing_checkpoint(tmp_path):
