@@ -93,16 +93,7 @@ class RunCheckpoint:
         if not self._temps_removed:
             remove_temp_folders(self.directory)
             self._temps_removed = True
-        try:
-            path = self.manager.save(checkpoint_number=global_step)
-        except (OSError, tf.errors.OpError) as e:
-            prefix = os.path.join(self.manager.directory, f"ckpt-{global_step}")
-            _remove_temp_folder(f"{prefix}_temp")
-            kept = tf.train.latest_checkpoint(self.directory)
-            raise CheckpointError(
-                f"cannot write checkpoint {prefix} ({_reason(e)}); "
-                + (f"the previous checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
-            ) from e
+        path = save_checkpoint(self.manager, global_step, self.directory)
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
             return None
@@ -131,6 +122,22 @@ class RunCheckpoint:
         status = checkpoint.restore(path)
         status.assert_existing_objects_matched()
         return path
+
+
+def save_checkpoint(manager, number, directory=None):
+    """``manager.save(number)``, or a ``CheckpointError`` saying what failed (disk full, read-only) and
+    which earlier checkpoint of ``directory`` (default: the manager's) is kept; the failed save's
+    ``_temp`` folder is removed."""
+    try:
+        return manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.OpError) as e:
+        prefix = os.path.join(manager.directory, f"ckpt-{number}")
+        _remove_temp_folder(f"{prefix}_temp")
+        kept = tf.train.latest_checkpoint(directory or manager.directory)
+        raise CheckpointError(
+            f"cannot write checkpoint {prefix} ({_reason(e)}); "
+            + (f"the previous checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
+        ) from e
 
 
 def checkpoint_candidates(directory):

@@ -24,6 +24,7 @@ stage ``i``'s parameters because everything is a function of the epoch number (`
 from absl import logging
 import keras
 
+from efficientnetv2 import schedules
 from efficientnetv2.model import set_dropout_rate
 
 __all__ = ["ProgressiveLearning"]
@@ -34,31 +35,24 @@ class ProgressiveLearning(keras.callbacks.Callback):
 
     Args:
         stages: the ``StageParams`` of every stage (``schedules.stage_params``).
-        bounds: ``[(first_epoch, end_epoch), ...]`` of every stage (``schedules.stage_epochs``).
-        dataset_fn: ``dataset_fn(params, epoch) -> dataset`` builds one epoch's training data.
+        total_epochs: the run's epochs; ``schedules.stage_epochs`` splits them between the stages.
+        dataset_fn: ``dataset_fn(params, epoch, skip_steps) -> dataset`` builds one epoch's training
+            data, without its first ``skip_steps`` steps (a run resumed inside the epoch).
     """
 
-    def __init__(self, stages, bounds, dataset_fn):
+    def __init__(self, stages, total_epochs, dataset_fn):
         super().__init__()
-        if len(stages) != len(bounds):
-            raise ValueError(f"{len(stages)} stages but {len(bounds)} stage bounds")
         self.stages = list(stages)
-        self.bounds = list(bounds)
+        self.total_epochs = int(total_epochs)
+        self.bounds = schedules.stage_epochs(self.total_epochs, len(self.stages))
         self.dataset_fn = dataset_fn
         self.applied = None  # the StageParams the model's train function was built for
-        self.total_epochs = self.bounds[-1][1]
-
-    def stage_index(self, epoch):
-        for index, (start, end) in enumerate(self.bounds):
-            if start <= epoch < end:
-                return index
-        raise ValueError(f"epoch {epoch} is outside the schedule [0, {self.total_epochs})")
 
     def stage_for_epoch(self, epoch):
-        return self.stages[self.stage_index(epoch)]
+        return self.stages[schedules.stage_of_epoch(epoch, self.total_epochs, len(self.stages))]
 
-    def dataset_for_epoch(self, epoch):
-        return self.dataset_fn(self.stage_for_epoch(epoch), epoch)
+    def dataset_for_epoch(self, epoch, skip_steps=0):
+        return self.dataset_fn(self.stage_for_epoch(epoch), epoch, skip_steps)
 
     def on_epoch_begin(self, epoch, logs=None):
         params = self.stage_for_epoch(epoch)

@@ -103,43 +103,15 @@ def stage_of_epoch(epoch, total_epochs, num_stages):
     raise ValueError(f"epoch {epoch} is outside [0, {total_epochs})")
 
 
-def learning_rate(
-    step,
-    steps_per_epoch,
-    peak,
-    warmup_epochs=5.0,
-    schedule="exponential",
-    decay_rate=0.97,
-    decay_epochs=2.4,
-    total_epochs=350,
-    minimum=0.0,
-):
-    """The learning rate at ``step`` (float). Linear warmup from 0 to ``peak``, then:
+@keras.saving.register_keras_serializable(package="efficientnetv2")
+class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate at the optimizer's step: linear warmup from 0 to ``peak``, then
 
     - ``exponential``: ``peak * decay_rate ** floor((epoch - warmup) / decay_epochs)`` (staircase),
     - ``cosine``: half a cosine from ``peak`` to ``minimum`` over the epochs after warmup,
-    - ``constant``: ``peak``.
-    Never below ``minimum``.
+    - ``constant``: ``peak``;
+    never below ``minimum``. Epochs are fractional: ``step / steps_per_epoch``.
     """
-    epoch = step / steps_per_epoch
-    if epoch < warmup_epochs:
-        return peak * epoch / warmup_epochs
-    after = epoch - warmup_epochs
-    if schedule == "exponential":
-        value = peak * decay_rate ** math.floor(after / decay_epochs)
-    elif schedule == "cosine":
-        span = max(total_epochs - warmup_epochs, 1e-9)
-        value = minimum + 0.5 * (peak - minimum) * (1 + math.cos(math.pi * min(after / span, 1.0)))
-    elif schedule == "constant":
-        value = peak
-    else:
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
-    return max(value, minimum)
-
-
-@keras.saving.register_keras_serializable(package="efficientnetv2")
-class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """``learning_rate`` as a Keras schedule of the optimizer's step (same formula, in ``keras.ops``)."""
 
     def __init__(
         self,

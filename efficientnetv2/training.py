@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
-from efficientnetv2 import distribute, optimizers, progressive, run_lock, schedules
+from efficientnetv2 import checkpointing, distribute, optimizers, progressive, run_lock, schedules
 from efficientnetv2.checkpointing import RunCheckpoint
 from efficientnetv2.model import build_model
 from efficientnetv2.variants import get_variant
@@ -217,6 +217,16 @@ def _give_logs_a_batch_axis(model):
         setattr(model, name, with_axis)
 
 
+@contextlib.contextmanager
+def _restored_dtype_policy():
+    """Restores Keras' global dtype policy when the run returns (a run sets its own)."""
+    previous = keras.config.dtype_policy()
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _setup_precision_and_seed(config, plan):
     keras.mixed_precision.set_dtype_policy(plan.mixed_precision)
     keras.utils.set_random_seed(config.train.seed)
@@ -399,7 +409,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
     if chief:
         _check_model_dir(model_dir)
-    with run_lock.RunLock(model_dir) if chief else contextlib.nullcontext():
+    with run_lock.RunLock(model_dir) if chief else contextlib.nullcontext(), _restored_dtype_policy():
         _check_config(config, model_dir, allow_config_change)
         return _train(config, model_dir, strategy, plan, source, device, chief, evaluate_each_epoch, verbose,
                       max_epochs, callbacks)
@@ -407,6 +417,45 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
 
 def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_each_epoch, verbose, max_epochs,
            callbacks):
+    """The paper's Algorithm 1: for each stage, train its epochs at its image size and regularization;
+    after each epoch, stop on a non-finite loss, a preemption or exhausted data, else checkpoint."""
+    _log_run(config, strategy, plan, source, device)
+    model, optimizer, checkpoint = _build_and_restore(config, model_dir, strategy, plan, chief)
+    epoch, step_in_epoch = checkpoint.position
+    stages = progressive.ProgressiveLearning(plan.stages, config.train.epochs,
+                                             _epoch_data(config, plan, source, strategy))
+    tensorboard = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
+    best = _BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if evaluate_each_epoch else None
+    end = config.train.epochs if max_epochs is None else min(config.train.epochs, epoch + max_epochs)
+    logs = {}
+    while epoch < end:
+        params = stages.stage_for_epoch(epoch)
+        monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
+        header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
+                  f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
+        logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
+                          plan.steps_per_epoch - step_in_epoch, monitor,
+                          [_EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
+                          verbose if chief else 0)
+        _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
+        _stop_on_preemption_inside_the_epoch(monitor, epoch, plan, checkpoint)
+        _stop_on_exhausted_data(monitor, logs, epoch, plan, config, checkpoint)
+        epoch, step_in_epoch = epoch + 1, 0
+        path = checkpoint.save(epoch, 0)
+        if best is not None:
+            logs.update(best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval))
+        logging.info(
+            "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
+            epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
+            ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
+        )
+        if monitor.preempt_requested.is_set():
+            raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
+                            "command to resume.")
+    return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": logs}
+
+
+def _log_run(config, strategy, plan, source, device):
     logging.info("Data: %s", getattr(source, "describe", lambda: source.name)())
     logging.info(
         "Run: EfficientNetV2-%s, %d classes, %d epochs x %d steps, global batch %d on %d replica(s) "
@@ -415,6 +464,11 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
         plan.global_batch, strategy.num_replicas_in_sync, device, plan.mixed_precision,
         plan.jit_compile, plan.peak_lr,
     )
+
+
+def _build_and_restore(config, model_dir, strategy, plan, chief):
+    """The compiled model, its optimizer and checkpoint, restored from the run's latest checkpoint or,
+    for a new run, from ``train.init_checkpoint``; then the run's config.yaml is written."""
     _setup_precision_and_seed(config, plan)
     with strategy.scope():
         model = _build(config, plan, plan.stages[0].dropout_rate)
@@ -428,20 +482,28 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
         if restored is None and config.train.init_checkpoint:
             from efficientnetv2 import weights_import  # noqa: PLC0415 (only for fine-tuning)
 
-            weights_import.load_pretrained(model, config.train.init_checkpoint, plan.variant)
+            weights_import.load_pretrained(model, config.train.init_checkpoint, plan.variant,
+                                           max_unpacked_bytes=config.train.max_archive_mb * 2**20)
     if chief:
         # Only now, with the data found and the weights restored or imported: a command that failed
         # before this leaves no config that would make its corrected rerun look like a config change.
         logging.info("Config written to %s", _write_config(config, model_dir))
-    epoch, step_in_epoch = checkpoint.position
     if restored:
+        epoch, step_in_epoch = checkpoint.position
         logging.info("Resumed from %s at epoch %d, step %d of the epoch.", restored, epoch, step_in_epoch)
     else:
         logging.info("Starting a new run in %s.", model_dir)
+    return model, optimizer, checkpoint
 
-    def dataset_fn(params, epoch_number):
-        def per_replica(context):
-            data = datasets.build_train_dataset(
+
+def _epoch_data(config, plan, source, strategy):
+    """``data(params, epoch, skip_steps)``: one epoch's distributed training data at the stage's image
+    size, RandAugment magnitude and mixup alpha, without its first ``skip_steps`` steps (a resume)."""
+
+    def data(params, epoch, skip_steps=0):
+        def per_pipeline(context):
+            batches = _batches_per_step(context)
+            dataset = datasets.build_train_dataset(
                 source,
                 batch_size=context.get_per_replica_batch_size(plan.global_batch),
                 image_size=params.image_size,
@@ -450,92 +512,75 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                 mixup_alpha=params.mixup_alpha,
                 cutmix_alpha=config.data.cutmix_alpha,
                 seed=config.train.seed,
-                epoch=epoch_number,
+                epoch=epoch,
                 input_context=context,
             )
-            return data.repeat().take(plan.steps_per_epoch * _batches_per_step(context))
+            return dataset.repeat().take(plan.steps_per_epoch * batches).skip(skip_steps * batches)
 
-        return per_replica
+        return strategy.distribute_datasets_from_function(per_pipeline)
 
-    stage_callback = progressive.ProgressiveLearning(plan.stages, plan.bounds, dataset_fn)
-    tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch") \
-        if chief else None
-    best_top1 = -1.0
-    best = None
-    if evaluate_each_epoch and chief:
-        best = tf.train.CheckpointManager(checkpoint.checkpoint, os.path.join(model_dir, "best"), 1)
-    last_logs = {}
-    epochs_run = 0
-    while epoch < config.train.epochs and (max_epochs is None or epochs_run < max_epochs):
-        params = stage_callback.stage_for_epoch(epoch)
-        per_replica_fn = stage_callback.dataset_for_epoch(epoch)
-        skip = step_in_epoch
+    return data
 
-        def fn(context, _f=per_replica_fn, _skip=skip):
-            return _f(context).skip(_skip * _batches_per_step(context))
 
-        data = strategy.distribute_datasets_from_function(fn)
-        monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
-        previous_handler = _install_sigterm(monitor)
-        header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
-                  f"{params.image_size} px" + (f", resumed at step {skip}" if skip else "") + ")")
-        epoch_callbacks = ([_EpochProgbar(header), stage_callback, monitor] + ([tensorboard] if tensorboard else [])
-                           + list(callbacks))
-        try:
-            history = model.fit(
-                data,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                steps_per_epoch=plan.steps_per_epoch - skip,
-                callbacks=epoch_callbacks,
-                verbose=verbose if chief else 0,
-                shuffle=False,
-            )
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
-        logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-        if monitor.nonfinite is not None or not _finite_logs(logs):
-            raise NonFiniteLoss(
-                f"loss became {monitor.nonfinite if monitor.nonfinite is not None else logs.get('loss')} "
-                f"in epoch {epoch + 1} (stage {params.stage + 1}, {params.image_size} px); stopped without "
-                f"saving. The last good checkpoint is {checkpoint.reader.latest_checkpoint}. Lower "
-                "train.lr_base or check the data."
-            )
-        if monitor.preempt_requested.is_set() and monitor.step_in_epoch < plan.steps_per_epoch:
-            path = checkpoint.save(epoch, monitor.step_in_epoch)
-            raise Preempted(
-                f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{plan.steps_per_epoch}; "
-                f"checkpoint {path}. Run the same command to resume."
-            )
-        if monitor.step_in_epoch < plan.steps_per_epoch:
-            raise DataExhausted(
-                f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
-                f"{plan.steps_per_epoch} steps ({int(logs.get('skipped_images', 0))} images skipped as "
-                f"undecodable in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
-                f"change? Not saving this epoch; the last good checkpoint is "
-                f"{checkpoint.reader.latest_checkpoint}."
-            )
-        epoch += 1
-        step_in_epoch = 0
-        epochs_run += 1
-        path = checkpoint.save(epoch, 0)
-        if evaluate_each_epoch:
-            results = _evaluate_model(model, optimizer, strategy, source, plan, config.eval)
-            logs.update({f"eval_{k}": v for k, v in results.items()})
-            if best is not None and results.get("top1", -1.0) > best_top1:
-                best_top1 = results["top1"]
-                best.save(checkpoint_number=int(optimizer.iterations.numpy()))
-        logging.info(
-            "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
-            epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
-            ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
+def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose):
+    """One epoch of ``fit`` (SIGTERM asks ``monitor`` to stop after the current step); its last logs."""
+    previous_handler = _install_sigterm(monitor)
+    try:
+        history = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return {k: float(v[-1]) for k, v in history.history.items() if v}
+
+
+def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
+    if monitor.nonfinite is not None or not _finite_logs(logs):
+        raise NonFiniteLoss(
+            f"loss became {monitor.nonfinite if monitor.nonfinite is not None else logs.get('loss')} "
+            f"in epoch {epoch + 1} (stage {params.stage + 1}, {params.image_size} px); stopped without "
+            f"saving. The last good checkpoint is {checkpoint.reader.latest_checkpoint}. Lower "
+            "train.lr_base or check the data."
         )
-        last_logs = logs
-        if monitor.preempt_requested.is_set():
-            raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
-                            "command to resume.")
-    return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": last_logs}
+
+
+def _stop_on_preemption_inside_the_epoch(monitor, epoch, plan, checkpoint):
+    """SIGTERM before the epoch's end: save the position inside the epoch and stop."""
+    if monitor.preempt_requested.is_set() and monitor.step_in_epoch < plan.steps_per_epoch:
+        path = checkpoint.save(epoch, monitor.step_in_epoch)
+        raise Preempted(
+            f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{plan.steps_per_epoch}; "
+            f"checkpoint {path}. Run the same command to resume."
+        )
+
+
+def _stop_on_exhausted_data(monitor, logs, epoch, plan, config, checkpoint):
+    if monitor.step_in_epoch < plan.steps_per_epoch:
+        raise DataExhausted(
+            f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
+            f"{plan.steps_per_epoch} steps ({int(logs.get('skipped_images', 0))} images skipped as "
+            f"undecodable in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
+            f"change? Not saving this epoch; the last good checkpoint is "
+            f"{checkpoint.reader.latest_checkpoint}."
+        )
+
+
+class _BestCheckpoint:
+    """Evaluates after each epoch and keeps the checkpoint of the best top-1 in ``model_dir/best``."""
+
+    def __init__(self, checkpoint, directory, chief):
+        self.manager = None
+        if chief:
+            checkpointing.remove_temp_folders(directory)  # Left by a save that was killed.
+            self.manager = tf.train.CheckpointManager(checkpoint.checkpoint, directory, 1)
+        self.best_top1 = -1.0
+
+    def evaluate_and_keep(self, model, optimizer, strategy, source, plan, eval_config):
+        results = _evaluate_model(model, optimizer, strategy, source, plan, eval_config)
+        if self.manager is not None and results.get("top1", -1.0) > self.best_top1:
+            self.best_top1 = results["top1"]
+            checkpointing.save_checkpoint(self.manager, int(optimizer.iterations.numpy()))
+        return {f"eval_{k}": v for k, v in results.items()}
 
 
 def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
@@ -543,6 +588,11 @@ def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
     strategy = strategy or tf.distribute.get_strategy()
     source = datasets.get_source(config.data.dataset, config.data.data_dir)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, distribute.device_kind(strategy))
+    with _restored_dtype_policy():
+        return _evaluate_checkpoint(config, model_dir, strategy, checkpoint_path, source, plan)
+
+
+def _evaluate_checkpoint(config, model_dir, strategy, checkpoint_path, source, plan):
     _setup_precision_and_seed(config, plan)
     with strategy.scope():
         model = _build(config, plan, plan.stages[-1].dropout_rate)

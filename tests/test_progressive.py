@@ -76,10 +76,10 @@ def test_resumed_run_lands_in_the_right_stage(tmp_path):
 def test_callback_stage_lookup():
     spec = schedules.ProgressiveSpec(image_size=(32, 64), randaug_magnitude=(1, 3), mixup_alpha=(0, 0.1),
                                      dropout_rate=(0, 0.2))
-    stages, bounds = [schedules.stage_params(0, 1, spec)], schedules.stage_epochs(5, 1)  # One stage: the end values.
-    callback = progressive.ProgressiveLearning(stages, bounds, dataset_fn=lambda p, e: (p.image_size, e))
-    assert callback.dataset_for_epoch(4) == (64, 4)
-    with pytest.raises(ValueError, match="outside the schedule"):
+    stages = [schedules.stage_params(0, 1, spec)]  # One stage: the end values.
+    callback = progressive.ProgressiveLearning(stages, 5, dataset_fn=lambda p, e, skip: (p.image_size, e, skip))
+    assert callback.dataset_for_epoch(4, skip_steps=2) == (64, 4, 2)
+    with pytest.raises(ValueError, match="outside"):
         callback.stage_for_epoch(5)
-    with pytest.raises(ValueError, match="stage bounds"):
-        progressive.ProgressiveLearning(stages, bounds * 2, dataset_fn=None)
+    with pytest.raises(ValueError, match="cannot split 1 epochs into 2 stages"):
+        progressive.ProgressiveLearning(stages * 2, 1, dataset_fn=None)

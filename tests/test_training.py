@@ -97,6 +97,7 @@ def test_mixed_precision_training(tmp_path, precision):
         assert np.isfinite(result["logs"]["loss"])
         if precision == "mixed_float16":
             assert isinstance(result["optimizer"], keras.optimizers.LossScaleOptimizer)
+        assert keras.config.dtype_policy().name == "float32"  # The run restored the global policy.
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 
