@@ -60,10 +60,14 @@ def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
     for fault in ["step:3", "in_save:2", "step:11", "step:17"]:
         run = _worker(faulty, fault)
         assert run.returncode == -signal.SIGKILL, (fault, run.stderr[-3000:])
-    # A kill at a random moment (start-up, training or saving alike).
+    # A kill at a random moment (start-up, training or saving alike); the seed is printed so that a
+    # failure can be rerun at the same moment (FAULT_SEED=<seed>).
+    seed = int(os.environ.get("FAULT_SEED", random.SystemRandom().randrange(2**31)))
+    delay = random.Random(seed).uniform(2.0, 12.0)
+    print(f"random SIGKILL after {delay:.2f} s (FAULT_SEED={seed})")
     process = subprocess.Popen([sys.executable, "-m", "tests.fault_worker", str(faulty), "none"], cwd=ROOT,
                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random().uniform(2.0, 12.0))
+    time.sleep(delay)
     process.kill()
     process.wait()
     final = _worker(faulty)

@@ -5,6 +5,7 @@ and on disk, and that the run's own config.yaml carries the model settings to th
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -45,7 +46,10 @@ def test_train_eval_export_predict(tmp_path):
     line = [l for l in evaluation.stdout.splitlines() if l.startswith("top1 ")]
     assert line, evaluation.stdout
     top1, top5 = float(line[0].split()[1]), float(line[0].split()[3])
-    assert 0.0 <= top1 <= top5 <= 1.0
+    # The same checkpoint and data as the evaluation that ended training: the same figures.
+    trained = re.search(r"Evaluation \(EMA weights, 48 px\): .*top1 ([0-9.]+), top5 ([0-9.]+)", log)
+    assert trained, log[-2000:]
+    assert (top1, top5) == (round(float(trained.group(1)), 4), round(float(trained.group(2)), 4))
     assert "epoch 2, 48 px" in line[0]
 
     export_dir = str(tmp_path / "export")
