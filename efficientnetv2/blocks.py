@@ -1,5 +1,6 @@
-"""The building blocks of EfficientNetV2 as Keras 3 layers (``keras`` and ``keras.ops``; batch norm
-alone takes TensorFlow's fused kernel under the TensorFlow backend, see ``FusedBatchNormalization``).
+"""The building blocks of EfficientNetV2 as Keras 3 layers (``keras`` and ``keras.ops``). Under the
+TensorFlow backend, batch norm in training and conv + batch norm in inference take faster TensorFlow
+kernels: those paths live in ``tf_fast_paths``, apart from the blocks' ``call``s.
 
 Tan & Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021, Figure 2 and Table 4.
 Sublayer names follow ``keras.applications.EfficientNetV2*`` (``expand_conv``, ``dwconv2``, ``bn``,
@@ -9,6 +10,9 @@ layers named ``block2a_<sublayer>`` there.
 
 import keras
 from keras import ops
+
+from efficientnetv2 import tf_fast_paths
+from efficientnetv2.tf_fast_paths import FusedBatchNormalization
 
 __all__ = [
     "AdjustableDropout",
@@ -102,61 +106,6 @@ class AdjustableDropout(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-@keras.saving.register_keras_serializable(package="efficientnetv2")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel where it can be.
-
-    In training, Keras 3 normalizes with separate ops (moments, then ``tf.nn.batch_normalization``;
-    in float32 after casting bfloat16 inputs up and back), whose gradient is many passes over the
-    activations; TensorFlow's ``FusedBatchNormV3`` (oneDNN on CPU, cuDNN on GPU) does it in one op
-    forward and one backward, in the input's precision with float32 statistics. Under the
-    TensorFlow backend, in training, for 4-D channels-last inputs without a mask, renorm or
-    synchronized statistics, this layer uses it; otherwise (inference included), and under every
-    other backend, it is Keras' layer unchanged. The variables, their names and updates are Keras'
-    (the moving variance gets the biased batch variance, as Keras' does), so weights move both ways
-    with keras.applications; results agree to float rounding. Measured with
-    benchmarks/model_throughput.py, it makes EfficientNetV2-S train faster than keras.applications'
-    on CPU; alone, one such layer trains 2-3 times faster than Keras'.
-    """
-
-    # The fused kernel raises smaller epsilons to this; Keras' layer does not.
-    _FUSED_MIN_EPSILON = 1.001e-5
-
-    def _fusable(self, inputs, mask):
-        return (
-            keras.backend.backend() == "tensorflow"
-            and mask is None
-            and not self.synchronized
-            and not self.renorm
-            and self.center
-            and self.scale
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
-            and self.epsilon >= self._FUSED_MIN_EPSILON
-            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
-        )
-
-    def call(self, inputs, training=None, mask=None):
-        # Inference stays Keras' (a multiply and an add per element): measured, the fused kernel
-        # in inference was no faster on CPU (oneDNN) for EfficientNetV2-S.
-        if not (training and self.trainable) or not self._fusable(inputs, mask):
-            return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf  # only under the TensorFlow backend
-
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True
-        )
-        # The kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased
-        # one into its moving variance.
-        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
-        variance = variance * ((count - 1.0) / count)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
-        return tf.cast(outputs, self.compute_dtype)
-
-
 def _batch_norm(name, momentum, epsilon, synchronized, dtype):
     return FusedBatchNormalization(
         momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name, dtype=dtype
@@ -175,48 +124,6 @@ def _conv(filters, kernel_size, strides, name, dtype, use_bias=False, activation
         name=name,
         dtype=dtype,
     )
-
-
-def _foldable(conv, bn):
-    """Whether ``bn(conv(x))`` in inference can be one convolution (see ``_folded_conv_bn``)."""
-    if keras.backend.backend() != "tensorflow":
-        return False  # measured only there; XLA fuses the elementwise ops anyway
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
-        plain = conv.depth_multiplier == 1
-    else:
-        plain = type(conv) is keras.layers.Conv2D and conv.groups == 1
-    return (
-        plain
-        and not conv.use_bias
-        and conv.activation is keras.activations.linear
-        and tuple(conv.dilation_rate) == (1, 1)
-        and conv.data_format == "channels_last"
-        and bn.center
-        and bn.scale
-        and bn.axis in (-1, 3)
-    )
-
-
-def _folded_conv_bn(conv, bn, x):
-    """``bn(conv(x), training=False)`` as one convolution with the batch norm in its kernel and bias.
-
-    ``bn`` is ``x * gamma / sqrt(var + eps) + beta - mean * gamma / sqrt(var + eps)`` per channel,
-    so ``conv(x, kernel * scale) + (beta - mean * scale)``. The bias add is TensorFlow's ``BiasAdd``,
-    which Grappler fuses into the convolution (one oneDNN op instead of a convolution, a multiply
-    and an add over the activations).
-    """
-    import tensorflow as tf  # only under the TensorFlow backend (see _foldable)
-
-    scale = bn.gamma * ops.rsqrt(bn.moving_variance + bn.epsilon)
-    kernel = ops.cast(conv.kernel, "float32")
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
-        kernel = ops.cast(kernel * ops.expand_dims(scale, -1), x.dtype)
-        y = ops.depthwise_conv(x, kernel, strides=conv.strides, padding=conv.padding)
-    else:
-        kernel = ops.cast(kernel * scale, x.dtype)
-        y = ops.conv(x, kernel, strides=conv.strides, padding=conv.padding)
-    bias = ops.cast(bn.beta - bn.moving_mean * scale, x.dtype)
-    return tf.nn.bias_add(y, bias)
 
 
 @keras.saving.register_keras_serializable(package="efficientnetv2")
@@ -324,9 +231,9 @@ class _Block(keras.layers.Layer):
     def _conv_bn(self, conv, bn, x, training):
         """``bn(conv(x))``; in inference, where it can, one convolution with the batch norm folded
         in: the same function, measured 1.06-1.11x faster for EfficientNetV2-S on CPU."""
-        if training or not _foldable(conv, bn):
+        if training or not tf_fast_paths.foldable(conv, bn):
             return bn(conv(x), training=training)
-        return _folded_conv_bn(conv, bn, x)
+        return tf_fast_paths.folded_conv_bn(conv, bn, x)
 
     def _act(self, x):
         return keras.activations.get(self.activation)(x)
