@@ -4,8 +4,9 @@ Two departures from Keras' stock optimizer EMA, both needed for a long, resumabl
 
 - Keras' ``fit`` ends by overwriting the model's weights with their EMA
   (``finalize_variable_values``). The trainer calls ``fit`` once per epoch, so that would replace the
-  training weights by their average every epoch. Here finalize does nothing; evaluation and export
-  swap the EMA weights in explicitly (``swap_ema_weights``) and swap them back.
+  training weights by their average every epoch. Here finalize does nothing
+  (``keras_compat.KeepTrainingWeightsAtEndOfFit``); evaluation and export swap the EMA weights in
+  explicitly (``swap_ema_weights``) and swap them back.
 - The EMA decay warms up as in the reference release, ``min(decay, (1 + step) / (10 + step))``, so
   that a short run's average is not stuck at the initial weights.
 """
@@ -15,10 +16,12 @@ import contextlib
 import keras
 from keras import ops
 
+from efficientnetv2.keras_compat import KeepTrainingWeightsAtEndOfFit
+
 __all__ = ["make_optimizer", "add_weight_decay", "swap_ema_weights", "has_ema"]
 
 
-class _EMAMixin:
+class _EMAMixin(KeepTrainingWeightsAtEndOfFit):
     """Keras optimizer EMA with decay warmup and without the end-of-fit overwrite."""
 
     def _update_model_variables_moving_average(self, trainable_variables):
@@ -30,9 +33,6 @@ class _EMAMixin:
             if average is not None:
                 d = ops.cast(decay, average.dtype)
                 average.assign(d * average + (1.0 - d) * ops.cast(var, average.dtype))
-
-    def finalize_variable_values(self, var_list):
-        """Keeps the training weights: EMA weights are swapped in explicitly where they are used."""
 
 
 @keras.saving.register_keras_serializable(package="efficientnetv2")

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -26,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
-from efficientnetv2 import checkpointing, distribute, optimizers, progressive, run_lock, schedules
+from efficientnetv2 import (checkpointing, distribute, keras_compat, optimizers, progressive, run_lock,
+                            schedules)
 from efficientnetv2.checkpointing import RunCheckpoint
 from efficientnetv2.model import build_model
 from efficientnetv2.variants import get_variant
@@ -191,30 +191,11 @@ def _compile(config, plan, model):
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
     optimizer.build(model.trainable_variables)
-    # Keras 3.15 builds the compiled loss and metrics from the first distributed batch, reduced with
-    # strategy.reduce, which fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
-    # (PerReplica...)"). Build them here from a symbolic batch instead, and skip that step in fit.
-    model._symbolic_build(data_batch=(
+    keras_compat.fix_multi_worker_fit(model, tf.distribute.get_strategy(), data_batch=(
         keras.KerasTensor((1, 32, 32, 3), "float32"),
         keras.KerasTensor((1, plan.num_classes), "float32"),
     ))
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        _give_logs_a_batch_axis(model)
     return optimizer
-
-
-def _give_logs_a_batch_axis(model):
-    """Keras 3.15 reduces the step's logs with ``strategy.reduce("MEAN", v, axis=0)`` under
-    MultiWorkerMirroredStrategy, which fails on scalars ("Invalid reduction dimension 0"). Logs of
-    shape [1] reduce to the global mean over workers, a scalar, as on every other strategy."""
-    for name in ("train_step", "test_step"):
-        step = getattr(model, name)
-
-        def with_axis(data, _step=step):
-            return {k: keras.ops.expand_dims(v, 0) for k, v in _step(data).items()}
-
-        setattr(model, name, with_axis)
 
 
 @contextlib.contextmanager
@@ -286,25 +267,6 @@ def _check_model_dir(model_dir):
     except OSError as e:
         raise PermissionError(f"--model_dir {model_dir} cannot be written ({e.strerror or e}); "
                               "pass a folder this user can write") from None
-
-
-class _EpochProgbar(keras.callbacks.ProgbarLogger):
-    """Keras' progress bar under a header that places the epoch in the run: ``fit`` trains one epoch
-    per call here, so Keras' own header would read "Epoch 3/3"."""
-
-    def __init__(self, header):
-        super().__init__()
-        self.header = header
-
-    def set_params(self, params):
-        super().set_params(params)
-        self.epochs = 1  # Keras prints its header only for several epochs.
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.verbose:
-            sys.stdout.write(self.header + "\n")
-            sys.stdout.flush()
-        super().on_epoch_begin(epoch, logs)
 
 
 class _RunMonitor(keras.callbacks.Callback):
@@ -435,7 +397,7 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                   f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
         logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
                           plan.steps_per_epoch - step_in_epoch, monitor,
-                          [_EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
+                          [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
                           verbose if chief else 0)
         _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
         _stop_on_preemption_inside_the_epoch(monitor, epoch, plan, checkpoint)

@@ -1,0 +1,88 @@
+"""Canaries for efficientnetv2/keras_compat.py: each reproduces with plain Keras the behaviour a
+workaround exists for and asserts that it still happens. When one fails, Keras changed: check whether
+the workaround is still needed and remove it if not (and its canary with it)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2 import keras_compat, optimizers
+from tests.distributed_worker import run_two_workers
+
+
+def _dense_model(optimizer):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def _data():
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    return x, np.ones((8, 2), "float32")
+
+
+def test_keras_multi_worker_fit_still_needs_both_workarounds(tmp_path):
+    """2 worker processes (about 12 s here; a single-worker MultiWorkerMirroredStrategy does not
+    show either bug). Each worker fits a plain Keras model as is, with the symbolic build only, and
+    with both workarounds."""
+    results = run_two_workers(lambda index: ["keras-canary", str(tmp_path / f"canary{index}.json")])
+    for returncode, err in results:
+        assert returncode == 0, err[-4000:]
+    for index in range(2):
+        outcomes = json.loads((tmp_path / f"canary{index}.json").read_text())
+        assert outcomes["multi_worker"], outcomes
+        assert outcomes["plain"].startswith("ValueError: Attempt to convert a value (PerReplica"), (
+            "Keras' fit no longer fails on the first distributed batch under 2 workers: "
+            f"build_compiled_from_symbolic_batch may be obsolete ({outcomes['plain']})")
+        assert outcomes["symbolic_build_only"].startswith(
+            "ValueError: Invalid reduction dimension 0 for input with 0 dimensions"), (
+            "Keras' fit no longer fails reducing scalar logs under 2 workers: give_logs_a_batch_axis "
+            f"may be obsolete ({outcomes['symbolic_build_only']})")
+        assert outcomes["both"] == "trained", outcomes
+
+
+@pytest.mark.parametrize("strategy", [None, "mirrored"])
+def test_multi_worker_workarounds_are_not_applied_elsewhere(strategy):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"]) if strategy else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = _dense_model("sgd")
+        applied = keras_compat.fix_multi_worker_fit(
+            model, strategy, (keras.KerasTensor((1, 4), "float32"), keras.KerasTensor((1, 2), "float32")))
+    assert not applied and not keras_compat.multi_worker(strategy)
+    assert not {"_maybe_symbolic_build", "train_step", "test_step"} & set(vars(model))
+    history = model.fit(*_data(), batch_size=4, epochs=1, verbose=0)
+    assert np.shape(history.history["loss"][-1]) == ()
+
+
+def test_keras_fit_still_overwrites_the_weights_with_their_ema():
+    x, y = _data()
+    plain = _dense_model(keras.optimizers.SGD(learning_rate=0.1, use_ema=True, ema_momentum=0.5))
+    plain.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    averages = [np.array(a) for a in plain.optimizer._model_variables_moving_average]
+    # Keras' fit ends with the averages in the model (KeepTrainingWeightsAtEndOfFit exists for this).
+    for weight, average in zip(plain.trainable_weights, averages):
+        np.testing.assert_array_equal(np.array(weight), average)
+
+    ours = _dense_model(optimizers.SGD(learning_rate=0.1, use_ema=True, ema_momentum=0.5))
+    ours.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    averages = [np.array(a) for a in ours.optimizer._model_variables_moving_average]
+    assert not np.allclose(np.array(ours.trainable_weights[0]), averages[0])
+
+
+def test_keras_progbar_header_still_counts_the_fit_call(capsys):
+    x, y = _data()
+    model = _dense_model("sgd")
+    model.fit(x, y, batch_size=4, initial_epoch=2, epochs=3, verbose=1)
+    assert "Epoch 3/3" in capsys.readouterr().out  # Keras' header: the fit call's epochs.
+    model.fit(x, y, batch_size=4, epochs=1, verbose=1)
+    assert "Epoch" not in capsys.readouterr().out  # No header for one epoch: EpochProgbar relies on it.
+
+    header = "Epoch 3/350 (stage 1/4, 128 px)"
+    model.fit(x, y, batch_size=4, initial_epoch=2, epochs=3, verbose=1,
+              callbacks=[keras_compat.EpochProgbar(header)])
+    out = capsys.readouterr().out
+    assert out.count("Epoch") == 1 and out.startswith(header + "\n"), out
+    assert "2/2" in out  # Keras' bar itself still runs under the header.
