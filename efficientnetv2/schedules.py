@@ -22,7 +22,6 @@ __all__ = [
     "stage_params",
     "stage_epochs",
     "stage_of_epoch",
-    "learning_rate",
     "LearningRateSchedule",
 ]
 

@@ -21,7 +21,6 @@ import warnings
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 import datasets
