@@ -6,6 +6,7 @@
     evaluation = datasets.build_eval_dataset(src, batch_size=64, image_size=384)
     steps = datasets.steps_per_epoch(src, global_batch_size=64)
     datasets.skipped_images()                          # undecodable images skipped so far
+    datasets.skipped_shards()                          # corrupt TFRecord shards cut short so far
 
 Determinism.  `build_train_dataset` returns ONE epoch, and everything in it (which examples, in
 which order, every crop, flip, RandAugment op and sign, mixup/CutMix weight and box) is a pure
@@ -15,7 +16,8 @@ example or batch index)); no tf.data shuffle buffer and no global seed is involv
 resumed at epoch e rebuilds epoch e and sees exactly the batches it would have seen.
 `build_eval_dataset` is deterministic too.  Undecodable images (corrupt, truncated, empty,
 not an image) are skipped, logged and counted (`skipped_images()`), never fatal; skipping one
-does not change what the others get.
+does not change what the others get.  A corrupt or truncated TFRecord shard is read up to the
+damage, the rest of it skipped with a warning naming it, and counted (`skipped_shards()`).
 
 Images are float32 [0, 255] (normalization belongs to the model); labels float32 one-hot
 (multi-hot for ImageNet-21k), mixed into soft labels by mixup/CutMix.
@@ -28,7 +30,7 @@ randaugment, mixing, skipping, pipeline (the builders), build_tfrecords (convert
 from datasets.catalog import DATASETS, detect, get_source
 from datasets.folder import FolderSource
 from datasets.pipeline import build_eval_dataset, build_train_dataset, steps_per_epoch
-from datasets.skipping import skipped_images
+from datasets.skipping import skipped_images, skipped_shards
 from datasets.source import Source
 from datasets.synthetic import SyntheticSource
 from datasets.tfrecord import TFRecordSource
@@ -36,5 +38,5 @@ from datasets.tfrecord import TFRecordSource
 __all__ = [
     "DATASETS", "FolderSource", "Source", "SyntheticSource", "TFRecordSource",
     "build_eval_dataset", "build_train_dataset", "detect", "get_source", "skipped_images",
-    "steps_per_epoch",
+    "skipped_shards", "steps_per_epoch",
 ]

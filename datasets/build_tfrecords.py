@@ -9,6 +9,10 @@ every 10th file per class) and writes `train-00000-of-0000N`, `validation-00000-
 JPEGs are stored as they are (grayscale ones too); PNGs and CMYK JPEGs are re-encoded as RGB
 JPEG (quality 95).  Every image is decoded once to check it: undecodable files are reported and
 left out.
+
+Nothing is overwritten: an --out that already holds shards, labels.txt or num_examples.json (or
+is a file) is refused before any work, naming what is there.  Errors (that, a missing --src, a
+folder too small for the hold-out) are one line on stderr and exit status 1.
 """
 
 import argparse
@@ -62,20 +66,39 @@ def write_split(split: str, paths: Sequence[str], labels: Sequence[int], class_n
     return written
 
 
+def check_out(out: str) -> None:
+    """Raise FileExistsError when `out` is a file or holds shards, labels.txt or num_examples.json."""
+    if not tf.io.gfile.exists(out):
+        return
+    if not tf.io.gfile.isdir(out):
+        raise FileExistsError(f"--out {out!r} is a file, not a folder; choose a new or empty folder")
+    patterns = (records.TRAIN_PATTERN, records.EVAL_PATTERN, records.LABELS_FILENAME,
+                records.COUNTS_FILENAME)
+    existing = sorted(os.path.basename(path) for pattern in patterns
+                      for path in tf.io.gfile.glob(os.path.join(out, pattern)))
+    if existing:
+        listed = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        raise FileExistsError(f"--out {out!r} already holds {listed}; nothing was written. Choose "
+                              "a new or empty folder (this tool never overwrites files)")
+
+
 def _default_shards(count: int) -> int:
     return max(1, math.ceil(count / 1024))
 
 
 def convert(src: str, out: str, shards: Optional[int] = None,
             validation_shards: Optional[int] = None, seed: int = 0) -> dict:
-    """Convert folder `src` into shards in `out`; returns {"train": n, "validation": m}."""
+    """Convert folder `src` into shards in `out`; returns {"train": n, "validation": m}.
+
+    Raises FileExistsError when `out` is a file or holds files this would write (see
+    `check_out`), before reading `src`.
+    """
+    for name, value in (("shards", shards), ("validation_shards", validation_shards)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    check_out(out)
     source = folder.FolderSource(src)
     tf.io.gfile.makedirs(out)
-    existing = tf.io.gfile.glob(os.path.join(out, records.TRAIN_PATTERN)) + tf.io.gfile.glob(
-        os.path.join(out, records.EVAL_PATTERN))
-    if existing:
-        raise FileExistsError(f"{out!r} already holds shards ({sorted(existing)[:3]} ...); "
-                              "choose an empty --out")
     train_paths, train_labels = source.files("train")
     eval_paths, eval_labels = source.files("eval")
     order = np.random.default_rng(seed).permutation(len(train_paths))
@@ -84,8 +107,6 @@ def convert(src: str, out: str, shards: Optional[int] = None,
             ("train", [train_paths[i] for i in order], [train_labels[i] for i in order],
              shards or _default_shards(len(train_paths))),
             ("validation", eval_paths, eval_labels, validation_shards or _default_shards(len(eval_paths)))):
-        if num_shards < 1:
-            raise ValueError(f"number of {split} shards must be >= 1, got {num_shards}")
         counts[split] = write_split(split, paths, labels, source.class_names, out, num_shards)
     records.write_labels_file(out, source.class_names)
     records.write_counts_file(out, counts)
@@ -104,7 +125,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the train shuffle")
     args = parser.parse_args(argv)
     skipped_before = skipping.skipped_images()
-    counts = convert(args.src, args.out, args.shards, args.validation_shards, args.seed)
+    try:
+        counts = convert(args.src, args.out, args.shards, args.validation_shards, args.seed)
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 1
     print(f"wrote {counts['train']} train and {counts['validation']} validation examples to "
           f"{args.out}; skipped {skipping.skipped_images() - skipped_before} undecodable files")
     return 0

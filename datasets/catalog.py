@@ -20,7 +20,7 @@ def detect(data_dir: str) -> str:
     if tfrecord.find_shards(data_dir, records.TRAIN_PATTERN):
         return "imagenet"
     if any(not name.startswith(".") and tf.io.gfile.isdir(os.path.join(data_dir, name))
-           for name in tf.io.gfile.listdir(data_dir)):
+           for name in folder.listdir(data_dir)):
         return "folder"
     raise ValueError(
         f"cannot tell what {data_dir!r} holds: it has no TFRecord shards "

@@ -1,4 +1,4 @@
-"""Skip examples whose image cannot be decoded, and count them.
+"""Skip examples whose image cannot be decoded, and TFRecord shards that are corrupt; count both.
 
 tf.data has no try/except: `Dataset.ignore_errors()` drops failing elements silently.  Here each
 element is processed inside its own one-element dataset; a failure leaves it empty and a
@@ -6,8 +6,9 @@ placeholder marked "failed" takes its place.  Failed elements are counted (and t
 logged by id) in this process, then filtered out.  The extra per-element dataset costs some tens
 of microseconds, small next to decoding an image.
 
-Only errors raised by `fn` are skipped; errors upstream (a label out of range, a missing shard)
-still stop the pipeline.
+Only errors raised by `fn` are skipped; errors upstream (a label out of range) still stop the
+pipeline.  A corrupt or truncated TFRecord shard is read up to the damage; `datasets.tfrecord`
+reports it here (`record_skipped_shard`), and `skipped_shards()` counts it.
 """
 
 import threading
@@ -20,6 +21,7 @@ _MAX_LOGGED = 100
 
 _lock = threading.Lock()
 _skipped = 0
+_skipped_shards = 0
 
 
 def skipped_images() -> int:
@@ -29,6 +31,29 @@ def skipped_images() -> int:
     they reach the point where they are dropped.
     """
     return _skipped
+
+
+def skipped_shards() -> int:
+    """How many TFRecord shard reads this process cut short at damage so far (all pipelines, all
+    epochs; a damaged shard counts once per pass over it, like an undecodable image)."""
+    return _skipped_shards
+
+
+def record_skipped_shard(shard: str, records_read: int, bytes_read: int, size: int) -> None:
+    """Count one shard read cut short and log which shard and how much of it was read.
+
+    `size` is the shard's size in bytes when it was opened, -1 when it could not be opened.
+    """
+    global _skipped_shards
+    with _lock:
+        _skipped_shards += 1
+        count = _skipped_shards
+    if size < 0:
+        what = "could not be opened; skipped it"
+    else:
+        what = (f"is corrupt or truncated: read {records_read} records ({bytes_read} of {size} "
+                "bytes), skipped the rest of it")
+    logging.warning("TFRecord shard %s %s (%d shard(s) cut short so far)", shard, what, count)
 
 
 def _record_skipped(example_id: tf.Tensor) -> bool:

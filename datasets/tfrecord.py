@@ -3,6 +3,13 @@
 Training order: this pipeline's shards in an order shuffled by the seed, read interleaved (16 at
 a time, one record each in turn, in parallel but deterministically), then shuffled within blocks
 of `SHUFFLE_BLOCK` records (`ordering.block_shuffle`).  Eval reads the shards in name order.
+
+A corrupt or truncated shard does not stop the run: it is read up to the damage, the rest of it
+is skipped, and a warning names the shard and how much of it was read; `datasets.skipped_shards()`
+counts it (once per pass, train and eval alike).  A shard that cannot be opened at all (it
+vanished or is unreadable) is skipped the same way.  The epoch then runs short of the examples
+counted before, which the trainer reports (`efficientnetv2.training.DataExhausted`).  Healthy shards are read exactly as before:
+the same records in the same order.
 """
 
 import os
@@ -11,13 +18,14 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from datasets import ordering, records
+from datasets import ordering, records, skipping
 from datasets.source import Source, check_split
 
 IMAGENET_CLASSES = 1000
 IMAGENET21K_CLASSES = 21843  # the ImageNet-21k (fall 2011) class count the reference uses
 CYCLE_LENGTH = 16
 _READ_BUFFER = 8 << 20
+_FRAMING_BYTES = 16  # per record on disk: its length (8 bytes), the length's CRC (4), the data's CRC (4)
 
 _PATTERNS = {"train": records.TRAIN_PATTERN, "eval": records.EVAL_PATTERN}
 
@@ -29,17 +37,68 @@ def find_shards(data_dir: str, pattern: str) -> List[str]:
 
 
 def count_records(files: List[str]) -> int:
+    """Records in `files` (of a damaged shard, those before the damage)."""
     dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER),
-        cycle_length=CYCLE_LENGTH, num_parallel_calls=tf.data.AUTOTUNE)
-    return int(dataset.batch(4096).reduce(tf.constant(0, tf.int64),
-                                          lambda n, batch: n + tf.size(batch, tf.int64)))
+        read_shard, cycle_length=CYCLE_LENGTH, num_parallel_calls=tf.data.AUTOTUNE)
+    return int(dataset.map(lambda record, record_id: record).batch(4096).reduce(
+        tf.constant(0, tf.int64), lambda n, batch: n + tf.size(batch, tf.int64)))
 
 
-def _records_with_ids(file: tf.Tensor) -> tf.data.Dataset:
-    """(serialized record, "shard:record number") for every record of one shard."""
-    return tf.data.TFRecordDataset(file, buffer_size=_READ_BUFFER).enumerate().map(
-        lambda i, record: (record, tf.strings.join([file, tf.strings.as_string(i)], ":")))
+def _shard_size(shard: tf.Tensor) -> int:
+    """The shard's size in bytes; -1 (reported as skipped) when it cannot be opened."""
+    path = shard.numpy().decode("utf-8", "replace")
+    try:
+        return tf.io.gfile.stat(path).length
+    except (tf.errors.OpError, OSError):
+        skipping.record_skipped_shard(path, 0, 0, -1)
+        return -1
+
+
+def _report_cut_short(shard: tf.Tensor, records_read: tf.Tensor, bytes_read: tf.Tensor,
+                      size: tf.Tensor) -> bool:
+    skipping.record_skipped_shard(shard.numpy().decode("utf-8", "replace"), int(records_read),
+                                  int(bytes_read), int(size))
+    return False
+
+
+def read_shard(shard: tf.Tensor) -> tf.data.Dataset:
+    """(serialized record, "shard:record number") for every record of one shard, up to any damage.
+
+    `ignore_errors` ends the shard at a corrupt or truncated record (TFRecordDataset moves past
+    the file on such an error) without saying which shard; so the bytes read are summed, and at
+    the end of the shard a sum short of its size is reported naming it.  A shard that cannot be
+    opened would make `ignore_errors` retry forever: its size is taken first, and a shard without
+    one is never opened (one that vanishes in the moment between the two would still retry).
+    The end-of-shard check is filtered out inside this dataset, so an
+    interleave of shards sees the same elements in the same order as plain TFRecordDatasets.
+    """
+    size = tf.py_function(_shard_size, [shard], tf.int64)
+    records = (tf.data.Dataset.from_tensors(shard)
+               .filter(lambda _: size >= 0)
+               .flat_map(lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER))
+               .ignore_errors())
+    end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
+
+    def count(state, element):
+        index, bytes_read = state
+        record, is_record = element
+        on_disk = tf.cast(tf.strings.length(record), tf.int64) + _FRAMING_BYTES
+        record_bytes = tf.where(is_record, on_disk, tf.constant(0, tf.int64))
+        new_state = (index + tf.cast(is_record, tf.int64), bytes_read + record_bytes)
+        return new_state, (record, index, new_state[1], is_record)
+
+    def keep(record, index, bytes_read, is_record):
+        def at_end():
+            complete = (size < 0) | (bytes_read == size)
+            return tf.cond(complete, lambda: False, lambda: tf.py_function(
+                _report_cut_short, [shard, index, bytes_read, size], tf.bool))
+        return tf.cond(is_record, lambda: True, at_end)
+
+    return (records.map(lambda record: (record, True)).concatenate(end)
+            .scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+            .filter(keep)
+            .map(lambda record, index, bytes_read, is_record:
+                 (record, tf.strings.join([shard, tf.strings.as_string(index)], ":"))))
 
 
 class TFRecordSource(Source):
@@ -90,7 +149,7 @@ class TFRecordSource(Source):
         cycle_length = min(len(files), CYCLE_LENGTH)
         files = tf.gather(files, ordering.permutation(len(files), file_seed))
         dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-            _records_with_ids, cycle_length=cycle_length,
+            read_shard, cycle_length=cycle_length,
             block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if shard_elements:
             dataset = ordering.shard_elements(dataset, input_context)

@@ -1,5 +1,7 @@
-"""Bad data in a run: a huge image header, an empty class, a data folder that disappears mid-run."""
+"""Bad data in a run: a huge image header, an empty class, a data folder that disappears mid-run,
+corrupt, truncated and vanished TFRecord shards, file names that are not UTF-8."""
 
+import logging
 import os
 import shutil
 
@@ -9,7 +11,9 @@ import tensorflow as tf
 
 import datasets
 from efficientnetv2 import training
-from tests.datasets_helpers import jpeg_bytes, make_folder, smooth_image, write
+from datasets import records
+from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image, write,
+                                    write_imagenet_shards)
 from tests.training_helpers import tiny_config
 
 
@@ -65,3 +69,115 @@ def test_data_folder_disappearing_mid_run_stops_with_a_clear_error(tmp_path):
     # Epoch 1 was saved; the empty epoch 2 was not.
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(run, "checkpoints")))
     assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 1
+
+
+# -- TFRecord shards. ------------------------------------------------------------------------------
+
+def _flip_byte(path, fraction=0.5):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        position = int(len(data) * fraction)
+        data[position] ^= 0xFF
+        f.seek(0)
+        f.write(data)
+
+
+def _truncate(path, fraction=0.6):
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * fraction))
+
+
+def _ids(dataset):
+    return [e["id"].numpy().decode() for e in dataset]
+
+
+@pytest.mark.parametrize("damage", [_flip_byte, _truncate])
+def test_damaged_shard_is_cut_short_named_and_counted(tmp_path, caplog, damage):
+    root = make_imagenet_dir(str(tmp_path), train=12, validation=6, num_shards=2)
+    src = datasets.get_source("imagenet", root)  # Counts before the damage: the epoch runs short.
+    assert (src.num_examples("train"), src.num_examples("eval")) == (12, 6)
+    bad = os.path.join(root, "train-00001-of-00002")
+    damage(bad)
+    before = datasets.skipped_shards()
+    with caplog.at_level(logging.WARNING):
+        ids = _ids(src.examples("train", seed=tf.constant([1, 2], tf.int64)))
+    assert datasets.skipped_shards() - before == 1
+    good = [i for i in ids if "train-00000" in i]
+    assert len(good) == 6 and 0 < len(ids) - len(good) < 6  # The records before the damage are kept.
+    assert any(bad in r.getMessage() and "corrupt or truncated" in r.getMessage() for r in caplog.records)
+    # The pipeline runs to the end of the epoch: fewer batches, no error.
+    batches = list(datasets.build_train_dataset(src, batch_size=2, image_size=16, seed=1))
+    assert 3 <= len(batches) < 6
+
+
+def test_damaged_eval_shard_and_counting_are_skipped_too(tmp_path, caplog):
+    root = make_imagenet_dir(str(tmp_path), train=4, validation=8, num_shards=2)
+    damage = os.path.join(root, "validation-00000-of-00002")
+    _flip_byte(damage, 0.05)  # In the first record: nothing of this shard is read.
+    with caplog.at_level(logging.WARNING):
+        src = datasets.get_source("imagenet", root)
+        assert src.num_examples("eval") == 4  # Counted without the damaged shard.
+        labels = [y for _, y in datasets.build_eval_dataset(src, batch_size=3, image_size=16)]
+    assert sum(len(y) for y in labels) == 4
+    assert sum(damage in r.getMessage() for r in caplog.records) == 2  # Counting, then reading.
+
+
+def test_shard_that_vanished_is_skipped_and_named(tmp_path, caplog):
+    root = make_imagenet_dir(str(tmp_path), train=8, validation=2, num_shards=2)
+    src = datasets.get_source("imagenet", root)
+    gone = os.path.join(root, "train-00000-of-00002")
+    os.remove(gone)
+    before = datasets.skipped_shards()
+    with caplog.at_level(logging.WARNING):
+        ids = _ids(src.examples("train"))
+    assert len(ids) == 4 and datasets.skipped_shards() - before == 1
+    assert any(gone in r.getMessage() and "could not be opened" in r.getMessage() for r in caplog.records)
+
+
+def test_healthy_shards_are_read_as_a_plain_interleave_reads_them(tmp_path):
+    # More shards than the interleave's cycle (16) and of unequal sizes: a shard's end must not
+    # take a turn of its own, or the shards after it would enter the cycle later.
+    root = str(tmp_path)
+    for i in range(18):
+        write_imagenet_shards(root, f"part{i:02d}", [b"x"] * (i % 4 + 1), [0] * (i % 4 + 1), num_shards=1)
+        os.rename(os.path.join(root, records.shard_name(f"part{i:02d}", 0, 1)),
+                  os.path.join(root, records.shard_name("validation", i, 18)))
+    write_imagenet_shards(root, "train", [b"x"], [0], num_shards=1)
+    files = sorted(tf.io.gfile.glob(os.path.join(root, "validation-*")))
+    expected = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f).enumerate().map(
+            lambda i, _: tf.strings.join([f, tf.strings.as_string(i)], ":")),
+        cycle_length=16, block_length=1)
+    before = datasets.skipped_shards()
+    assert _ids(datasets.get_source("imagenet", root).examples("eval")) == [
+        e.numpy().decode() for e in expected]
+    assert datasets.skipped_shards() == before
+
+
+# -- File names. ----------------------------------------------------------------------------------
+
+def _non_utf8_file(path: bytes, data: bytes = b"") -> bool:
+    """Write `path`; False when this file system refuses names that are not UTF-8."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError:
+        return False
+    return True
+
+
+def test_file_and_class_names_that_are_not_utf8_are_left_out_and_named(tmp_path, caplog):
+    root = _folder(str(tmp_path))
+    class_dir = os.fsencode(os.path.join(root, "train", "a"))
+    if not _non_utf8_file(os.path.join(class_dir, b"bad\xff.jpg"), jpeg_bytes(smooth_image(0))):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    os.makedirs(os.path.join(os.fsencode(root), b"train", b"c\xfe"))
+    with caplog.at_level(logging.WARNING):
+        src = datasets.get_source("auto", root)
+    assert src.class_names == ["a", "b"] and src.num_examples("train") == 12
+    assert sorted(src.unreadable_names) == [os.path.join(class_dir, b"bad\xff.jpg"),
+                                            os.path.join(os.fsencode(root), b"train", b"c\xfe")]
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "b'bad\\xff.jpg'" in messages and repr(os.path.join(root, "train", "a")) in messages
+    assert "2 files or folders left out" in src.describe()
+    assert len(list(datasets.build_train_dataset(src, batch_size=4, image_size=16))) == 3

@@ -63,7 +63,7 @@ def test_round_trip(tmp_path):
     assert (src_records.num_examples("train"), src_records.num_examples("eval")) == (train_count, 2)
     assert sorted(int(e["label"]) for e in src_records.examples("eval")) == [0, 1]
 
-    with pytest.raises(FileExistsError, match="already holds shards"):
+    with pytest.raises(FileExistsError, match="already holds labels.txt, num_examples.json, train-"):
         build_tfrecords.convert(str(src), out)
 
 
@@ -88,3 +88,51 @@ def test_train_shards_mix_classes_and_are_balanced(tmp_path):
     train = [labels for shard, labels in sorted(labels_per_shard.items()) if shard.startswith("train")]
     assert sorted(len(labels) for labels in train) == [7, 7, 8]
     assert all(set(labels) == {1, 2} for labels in train)
+
+
+def _small_src(root, per_class=12):
+    for c in ("a", "b"):
+        for i in range(per_class):
+            write(str(root / c / f"{i:02d}.jpg"), jpeg_bytes(smooth_image(i, 8, 8)))
+    return str(root)
+
+
+@pytest.mark.parametrize("existing", [["train-00000-of-00001", "notes.txt"], ["labels.txt"],
+                                      ["num_examples.json"], ["validation-00000-of-00004"]])
+def test_out_holding_files_it_would_write_is_refused_and_kept(tmp_path, capsys, existing):
+    src, out = _small_src(tmp_path / "src"), tmp_path / "out"
+    for i, name in enumerate(existing):
+        write(str(out / name), f"the user's own {i}".encode())
+    assert build_tfrecords.main(["--src", src, "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(out) in error and "already holds" in error
+    assert existing[0] in error and "notes.txt" not in error
+    assert sorted(os.listdir(out)) == sorted(existing)
+    for i, name in enumerate(existing):
+        assert (out / name).read_bytes() == f"the user's own {i}".encode()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = write(str(tmp_path / "out"), b"mine")
+    assert build_tfrecords.main(["--src", _small_src(tmp_path / "src"), "--out", out]) == 1
+    assert "is a file" in capsys.readouterr().err
+    assert open(out, "rb").read() == b"mine"
+
+
+def test_classes_too_small_for_the_holdout_are_a_one_line_error(tmp_path, capsys):
+    src, out = _small_src(tmp_path / "src", per_class=4), str(tmp_path / "out")
+    assert build_tfrecords.main(["--src", src, "--out", out]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no eval images" in error and "at least 10 images" in error
+    assert os.path.join(src, "val", "<class>") in error
+    assert not os.path.exists(out)
+
+
+def test_missing_src_and_bad_shard_counts_are_one_line_errors(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert build_tfrecords.main(["--src", str(tmp_path / "nothing"), "--out", out]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert build_tfrecords.main(["--src", _small_src(tmp_path / "src"), "--out", out,
+                                 "--validation_shards", "0"]) == 1
+    assert "--validation_shards must be >= 1" in capsys.readouterr().err
+    assert not os.path.exists(out)

@@ -77,6 +77,15 @@ def test_folder_too_small_for_a_holdout_is_an_error(tmp_path):
         datasets.get_source("folder", str(tmp_path))
 
 
+def test_holdout_leaves_small_classes_out_of_eval_with_a_warning(tmp_path, caplog):
+    make_folder(str(tmp_path), {"big": 10, "small": 3})
+    with caplog.at_level("WARNING"):
+        src = datasets.get_source("folder", str(tmp_path))
+    assert (src.num_examples("train"), _labels(src.examples("eval"))) == (12, [0])
+    assert any("['small']" in r.getMessage() and "none of them is held out" in r.getMessage()
+               for r in caplog.records)
+
+
 # -- ImageNet TFRecords. -------------------------------------------------------------------------
 
 def test_imagenet_records_labels_are_one_based_on_disk(tmp_path):
