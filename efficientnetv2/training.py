@@ -282,7 +282,7 @@ class _RunMonitor(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
         self.batches = 0
-        self.skipped_before = datasets.skipped_images()
+        self.skipped_before = datasets.skipped_images(), datasets.skipped_shards()
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
@@ -298,11 +298,14 @@ class _RunMonitor(keras.callbacks.Callback):
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         if logs is not None:
             logs["images_per_sec"] = self.batches * self.plan.global_batch / elapsed
-            skipped = datasets.skipped_images() - self.skipped_before
-            logs["skipped_images"] = float(skipped)
-            if skipped:
-                logging.warning("Epoch %d: %d undecodable images skipped (see the warnings above for "
-                                "which files).", epoch + 1, skipped)
+            # A short epoch of data repeats from its start (see _epoch_data): skipped files cost a
+            # few repeated examples, never the run.
+            images = datasets.skipped_images() - self.skipped_before[0]
+            shards = datasets.skipped_shards() - self.skipped_before[1]
+            logs["skipped_images"], logs["skipped_shards"] = float(images), float(shards)
+            if images or shards:
+                logging.warning("Epoch %d: %d undecodable images and %d corrupt TFRecord shards skipped "
+                                "(see the warnings above for which files).", epoch + 1, images, shards)
             optimizer = self.model.optimizer
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(optimizer.learning_rate)
@@ -520,7 +523,8 @@ def _stop_on_exhausted_data(monitor, logs, epoch, plan, config, checkpoint):
         raise DataExhausted(
             f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
             f"{plan.steps_per_epoch} steps ({int(logs.get('skipped_images', 0))} images skipped as "
-            f"undecodable in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
+            f"undecodable and {int(logs.get('skipped_shards', 0))} TFRecord shards cut short as corrupt "
+            f"in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
             f"change? Not saving this epoch; the last good checkpoint is "
             f"{checkpoint.reader.latest_checkpoint}."
         )

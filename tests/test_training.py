@@ -170,3 +170,18 @@ def test_shrinking_progressive_image_sizes_are_refused():
     config = tiny_config(**{"progressive.image_size_end": None, "progressive.image_size_start": 320})
     with pytest.raises(ConfigError, match=r"progressive image sizes 320 -> 300 shrink"):
         training.make_plan(config, datasets.get_source("synthetic"))
+
+
+def test_a_corrupt_shard_in_training_is_skipped_counted_and_not_fatal(tmp_path):
+    import datasets
+    from tests.datasets_helpers import make_imagenet_dir
+
+    root = make_imagenet_dir(str(tmp_path / "data"), train=24, validation=4, num_shards=2)
+    datasets.get_source("imagenet", root)  # Writes nothing; counts are taken before the damage.
+    shard = tmp_path / "data" / "train-00001-of-00002"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # Truncated mid-record.
+    config = tiny_config(**{"data.dataset": "imagenet", "data.data_dir": root, "train.epochs": 1,
+                            "progressive.num_stages": 1, "train.steps_per_epoch": 3})
+    result = training.train(config, str(tmp_path / "run"), verbose=0)
+    assert result["epoch"] == 1  # The short epoch repeats from its start; the run goes on.
+    assert result["logs"]["skipped_shards"] >= 1
