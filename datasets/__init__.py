@@ -27,6 +27,10 @@ tfds_source, records (TFRecord formats), ordering (sharding, stateless shuffles)
 randaugment, mixing, skipping, pipeline (the builders), build_tfrecords (converter CLI).
 """
 
+import importlib.metadata
+import os
+import warnings
+
 from datasets.catalog import DATASETS, detect, get_source
 from datasets.folder import FolderSource
 from datasets.pipeline import build_eval_dataset, build_train_dataset, steps_per_epoch
@@ -36,7 +40,30 @@ from datasets.synthetic import SyntheticSource
 from datasets.tfrecord import TFRecordSource
 
 __all__ = [
-    "DATASETS", "FolderSource", "Source", "SyntheticSource", "TFRecordSource",
+    "EFFICIENTNETV2_INPUT_PIPELINE", "check_name_clash", "DATASETS", "FolderSource", "Source",
+    "SyntheticSource", "TFRecordSource",
     "build_eval_dataset", "build_train_dataset", "detect", "get_source", "skipped_images",
     "skipped_shards", "steps_per_epoch",
 ]
+
+# Tells this package from Hugging Face's ``datasets`` (see efficientnetv2/input_pipeline.py).
+EFFICIENTNETV2_INPUT_PIPELINE = True
+
+
+def check_name_clash(distribution=importlib.metadata.distribution):
+    """Warns when Hugging Face's ``datasets`` is installed here too: this package shadows it, or it
+    this one, depending on ``sys.path``. Returns the warning's text, or None."""
+    try:
+        other = distribution("datasets")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    message = (
+        f"this environment has Hugging Face's 'datasets' {other.version} installed, and EfficientNetV2's "
+        f"input pipeline is a top-level package 'datasets' too (here: {os.path.dirname(__file__)}); one "
+        "shadows the other. Install efficientnetv2-keras in a virtual environment of its own."
+    )
+    warnings.warn(message, UserWarning, stacklevel=2)
+    return message
+
+
+check_name_clash()

@@ -23,13 +23,15 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-import datasets
 from efficientnetv2 import (checkpointing, distribute, keras_compat, optimizers, progressive, run_lock,
                             schedules)
 from efficientnetv2.checkpointing import RunCheckpoint
+from efficientnetv2.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model
 from efficientnetv2.variants import get_variant
 from hparams import config as config_lib
+
+datasets = input_pipeline()
 
 __all__ = ["train", "evaluate", "Plan", "make_plan", "Preempted", "NonFiniteLoss", "DataExhausted",
            "PREEMPTED_EXIT_CODE"]
