@@ -13,6 +13,18 @@ naming both, and falls back to the one before; it never silently starts from scr
 checkpoints. The candidates and the fallback are the module's functions ``checkpoint_candidates``
 and ``restore_with_fallback``, which export and prediction use too (one restore path).
 
+This module is the one reader of the project's checkpoints. Everything that restores a run goes
+through it: training's resume and evaluation (``RunCheckpoint``), export and prediction
+(``restore_model``: the model's weights restored the way training restores them, EMA weights swapped
+in), each with the fallback above, and fine-tuning from a run (``read_weights``: the same weights by
+variable path, for a model whose classifier may differ).
+
+The EMA weights are saved under a name of ours: ``ema/<variable path>`` (the optimizer's moving
+averages, keyed by the path of the model variable they average), so reading them depends neither on
+the optimizer's kind nor on Keras' names for its variables. Checkpoints written before that entry
+existed still read: their EMA is found by Keras' name for it (``<path with / as _>_average``), and,
+like those written before the random-generator states (``rng``), they resume with what they have.
+
 TensorFlow writes a checkpoint into ``ckpt-<N>_temp/`` and renames its files into place at the end;
 a save that fails (disk full, read-only folder) or is killed leaves that folder behind. A failed
 save raises ``CheckpointError`` naming the checkpoint and the previous one, which is kept; the next
@@ -21,17 +33,25 @@ construction: an evaluation reading the folder while training writes must not re
 progress.
 """
 
+import dataclasses
 import os
 import re
 import shutil
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "RunCheckpoint",
     "CheckpointError",
+    "CheckpointWeights",
+    "read_weights",
+    "restore_model",
+    "saved_shapes",
+    "is_run_checkpoint",
     "checkpoint_candidates",
+    "find_checkpoint",
     "restore_checkpoint",
     "restore_with_fallback",
     "remove_temp_folders",
@@ -67,6 +87,9 @@ class RunCheckpoint:
             # Keras does not checkpoint the states of its random seed generators (dropout,
             # stochastic depth); without them a resumed run would draw other masks.
             rng=random_states(model),
+            # The EMA weights under our own name (see the module docstring); the same variables as
+            # the optimizer's, so nothing is stored twice.
+            ema=ema_variables(model, optimizer),
         )
         self.directory = directory
         self.chief = chief
@@ -110,18 +133,200 @@ class RunCheckpoint:
         return restore_checkpoint(path, self._restore)
 
     def _restore(self, path):
-        checkpoint = self.checkpoint
-        if not any(name.startswith("rng/") for name, _ in tf.train.list_variables(path)):
+        saved = _root_names(path)
+        objects = {name: getattr(self.checkpoint, name)
+                   for name in ("model", "optimizer", "epoch", "step_in_epoch", "rng", "ema")}
+        if "rng" not in saved:
             # Written before random states were checkpointed: restore the rest, and say what differs.
             logging.warning("Checkpoint %s has no random-generator states (an older version wrote "
                             "it); dropout and stochastic-depth masks after it will differ from an "
                             "uninterrupted run.", path)
-            checkpoint = tf.train.Checkpoint(
-                **{k: getattr(self.checkpoint, k) for k in ("model", "optimizer", "epoch", "step_in_epoch")}
-            )
-        status = checkpoint.restore(path)
-        status.assert_existing_objects_matched()
+            del objects["rng"]
+        if "ema" not in saved:
+            del objects["ema"]  # Written before the EMA had its own entry: the optimizer restores it.
+        _restore_objects(path, objects)
         return path
+
+
+def _restore_objects(path, objects, partial=False):
+    """Restores the named ``objects`` (``model``, ``optimizer``, ...) from the checkpoint ``path``.
+
+    Every object given must be in the checkpoint with its shape, else an error; ``partial`` lets the
+    checkpoint hold more than is asked for (an export needs no optimizer).
+    """
+    status = tf.train.Checkpoint(**objects).restore(path)
+    if partial:
+        status.expect_partial()
+    status.assert_existing_objects_matched()
+
+
+def ema_variables(model, optimizer):
+    """{variable path: the optimizer's moving average of it} for the model's trainable weights; empty
+    when the optimizer keeps no EMA."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed_float16's LossScaleOptimizer.
+    averages = getattr(inner, "_model_variables_moving_average", None) if getattr(inner, "use_ema", False) else None
+    if not averages:
+        return {}
+    return {v.path: a for v, a in zip(model.trainable_weights, averages) if a is not None}
+
+
+# ------------------------------------------------------------------------------------------------
+# Model weights without the trainer's objects: export, prediction, fine-tuning.
+
+
+@dataclasses.dataclass
+class CheckpointWeights:
+    """The model weights of one of our checkpoints, by Keras variable path."""
+
+    prefix: str
+    values: dict  # path -> array, every model variable
+    ema: dict  # path -> array, the EMA of the trainable ones (empty without EMA)
+
+    def value(self, path, use_ema=True):
+        if use_ema and path in self.ema:
+            return self.ema[path]
+        return self.values.get(path)
+
+    @property
+    def num_classes(self):
+        bias = self.values.get("predictions/bias")
+        return None if bias is None else int(bias.shape[0])
+
+
+def is_run_checkpoint(path):
+    """Whether the checkpoint ``path`` is one of ours (a ``model`` in its object graph)."""
+    return "model" in _root_names(path)
+
+
+def saved_shapes(path):
+    """{variable path: shape} of the model weights in our checkpoint ``path``, without reading them."""
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    return {name: tuple(shapes[key]) for name, key in _model_keys(path, reader).items()}
+
+
+def read_weights(path):
+    """The model weights (and their EMA) of our checkpoint ``path``, by variable path.
+
+    For a model that is not the run's own (fine-tuning: another classifier, or none): the caller
+    matches them by name. ``ValueError`` when ``path`` is not one of our checkpoints.
+    """
+    reader = tf.train.load_checkpoint(path)
+    values = {name: reader.get_tensor(key) for name, key in _model_keys(path, reader).items()}
+    ema = {name: reader.get_tensor(key) for name, key in _ema_keys(reader, values).items()}
+    return CheckpointWeights(prefix=path, values=values, ema=ema)
+
+
+def restore_model(path, model, use_ema=True):
+    """Restores ``model`` (the run's architecture) from our checkpoint ``path``; whether the EMA
+    weights were swapped in.
+
+    The model's weights are restored as training restores them (``tf.train.Checkpoint``, every
+    weight matched); then, with ``use_ema``, the trainable ones are given their EMA when the
+    checkpoint has one for each (a run trained without EMA keeps its training weights).
+    """
+    _check_same_weights(saved_shapes(path), model)
+    _restore_objects(path, {"model": model}, partial=True)
+    if not use_ema:
+        return False
+    reader = tf.train.load_checkpoint(path)
+    keys = _ema_keys(reader, {v.path for v in model.weights})
+    if not keys or any(v.path not in keys for v in model.trainable_weights):
+        return False
+    for variable in model.trainable_weights:
+        variable.assign(np.asarray(reader.get_tensor(keys[variable.path])).astype(variable.dtype))
+    return True
+
+
+def _check_same_weights(saved, model):
+    """``ValueError`` naming what differs unless ``saved`` ({path: shape}) has exactly ``model``'s
+    weights. The object restore matches a functional model's layers by position; this makes sure
+    that position and name agree before anything is assigned."""
+    ours = {v.path: tuple(v.shape) for v in model.weights}
+    variables = {v.path for v in model.variables}  # Also random-generator states.
+    missing = [p for p in ours if p not in saved]
+    wrong = [f"{p}: {saved[p]} in the checkpoint, {ours[p]} in the model" for p in ours
+             if p in saved and tuple(saved[p]) != ours[p]]
+    extra = sorted(p for p in saved if p not in variables)
+    if missing or wrong or extra:
+        parts = [f"{len(items)} {what}: {_few(items)}" for items, what in (
+            (missing, "weight(s) missing"), (wrong, "of the wrong shape"),
+            (extra, "weight(s) the model does not have")) if items]
+        raise ValueError(f"the checkpoint does not match model {model.name!r}: {'; '.join(parts)}")
+
+
+def _few(items, n=5):
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _object_graph(reader):
+    """The checkpoint's object graph (TensorFlow's ``TrackableObjectGraph``), or None without one."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: PLC0415
+
+    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+        return None
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return graph
+
+
+def _root_names(path):
+    """The names saved at the top of the checkpoint ``path`` (``model``, ``optimizer``, ``ema``, ...)."""
+    graph = _object_graph(tf.train.load_checkpoint(path))
+    return {c.local_name for c in graph.nodes[0].children} if graph else set()
+
+
+def _variables_under(graph, node_ids, skip=()):
+    """{variable name: checkpoint key} of every variable reachable from ``node_ids``, not following
+    edges named in ``skip``. The name is the one TensorFlow saves for name-based reading (for a Keras
+    variable, its path)."""
+    seen, queue, found = set(node_ids), list(node_ids), {}
+    while queue:
+        node = graph.nodes[queue.pop()]
+        for attribute in node.attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                found[attribute.full_name] = attribute.checkpoint_key
+        for child in node.children:
+            if child.node_id not in seen and child.local_name not in skip:
+                seen.add(child.node_id)
+                queue.append(child.node_id)
+    return found
+
+
+def _root_child(graph, name):
+    return [c.node_id for c in graph.nodes[0].children if c.local_name == name]
+
+
+def _model_keys(path, reader):
+    """{variable path: checkpoint key} of the model's weights in our checkpoint ``path``."""
+    graph = _object_graph(reader)
+    model = _root_child(graph, "model") if graph else []
+    if not model:
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' in its object graph)")
+    # A compiled model tracks its optimizer; its slots and averages are not model weights.
+    return _variables_under(graph, model, skip=("optimizer",))
+
+
+def _ema_keys(reader, model_paths):
+    """{variable path: checkpoint key} of the EMA weights in our checkpoint (empty without EMA)."""
+    graph = _object_graph(reader)
+    ema = _root_child(graph, "ema")
+    if ema:  # Ours: ema/<variable path>.
+        keys = {}
+        for child in graph.nodes[ema[0]].children:
+            for attribute in graph.nodes[child.node_id].attributes:
+                if attribute.name == "VARIABLE_VALUE":
+                    keys[child.local_name] = attribute.checkpoint_key
+        return keys
+    # Written before the ema entry: Keras names an EMA variable "<optimizer>/<path, '/' as '_'>_average".
+    averages = {}
+    for name, key in _variables_under(graph, _root_child(graph, "optimizer")).items():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf.endswith("_average"):
+            averages[leaf] = key
+    found = {p: averages.get(p.replace("/", "_") + "_average") for p in model_paths}
+    return {p: key for p, key in found.items() if key is not None}
 
 
 def save_checkpoint(manager, number, directory=None):
@@ -138,6 +343,32 @@ def save_checkpoint(manager, number, directory=None):
             f"cannot write checkpoint {prefix} ({_reason(e)}); "
             + (f"the previous checkpoint {kept} is kept" if kept else "no earlier checkpoint exists")
         ) from e
+
+
+def find_checkpoint(path):
+    """The checkpoint prefix ``path`` designates: a prefix, a run folder or a checkpoint folder.
+
+    Raises ``FileNotFoundError`` naming ``path`` when there is none.
+    """
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    if tf.io.gfile.isdir(path):
+        for folder in (os.path.join(path, "checkpoints"), path):
+            if not tf.io.gfile.isdir(folder):
+                continue
+            latest = tf.train.latest_checkpoint(folder)
+            if latest:
+                return latest
+            indexes = sorted(tf.io.gfile.glob(os.path.join(folder, "*.index")))
+            if len(indexes) == 1:
+                return indexes[0][: -len(".index")]
+            if indexes:
+                raise FileNotFoundError(
+                    f"{folder} holds several checkpoints ({_few(os.path.basename(i) for i in indexes)}) "
+                    "and no 'checkpoint' index file; pass the prefix of the one to use"
+                )
+        raise FileNotFoundError(f"no checkpoint in {path} (nor in {os.path.join(path, 'checkpoints')})")
+    raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index and no such folder)")
 
 
 def checkpoint_candidates(directory):

@@ -67,9 +67,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2 import keras_applications, training, weights_import
+from efficientnetv2 import checkpointing, keras_applications
 from efficientnetv2.checkpointing import restore_checkpoint, restore_with_fallback
+from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
+from efficientnetv2.weights_import import find_checkpoint
 
 __all__ = [
     "export_run",
@@ -129,18 +131,22 @@ class InferenceInfo:
 # Restoring a run.
 
 
-def _read_checkpoint(model_dir, checkpoint_path):
-    """The run's ``RunCheckpointWeights``: of ``checkpoint_path`` when given (no fallback: the user
-    asked for that one), else of the newest readable checkpoint, falling back past damaged ones as
-    training does (``checkpointing.restore_with_fallback``)."""
+def _restore(config, model_dir, checkpoint_path, restore_fn):
+    """``restore_fn(prefix)`` on ``checkpoint_path`` when given (no fallback: the user asked for that
+    one), else on the newest checkpoint it succeeds on, falling back past damaged ones as training
+    does (``checkpointing.restore_with_fallback``)."""
     if checkpoint_path:
-        prefix = weights_import.find_checkpoint(checkpoint_path)
-        return restore_checkpoint(prefix, weights_import.read_run_checkpoint)
+        return restore_checkpoint(find_checkpoint(checkpoint_path), restore_fn)
     folder = os.path.join(model_dir, "checkpoints")
-    weights = restore_with_fallback(folder, weights_import.read_run_checkpoint)
-    if weights is None:
+    result = restore_with_fallback(folder, restore_fn)
+    if result is None:
         raise FileNotFoundError(f"no checkpoint in {folder}: train first, or pass --checkpoint")
-    return weights
+    return result
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:500] if lines else type(error).__name__
 
 
 def _class_names(config, num_classes):
@@ -189,42 +195,47 @@ def load_inference_model(config, model_dir, checkpoint_path=None):
 
     The model maps float32 images [batch, S, S, 3] in [0, 255] to softmax probabilities; its head
     dropout rate is 0 and, called without ``training=True``, batch norm uses its moving statistics.
-    The weights are read by variable name (``weights_import.read_run_checkpoint``): every model
-    weight must be in the checkpoint with its shape, else ``ValueError``. Without
-    ``checkpoint_path``, a damaged newest checkpoint is skipped with a warning for the one before
-    (``CheckpointError`` when none can be read); a damaged ``checkpoint_path`` is a
-    ``CheckpointError`` naming it.
+    The model is built from the run's model config (``build_model_from_config``) with the
+    checkpoint's class count and restored through the one checkpoint reader
+    (``checkpointing.restore_model``, as training restores it), EMA weights swapped in: every model
+    weight must be in the checkpoint with its shape. Without ``checkpoint_path``, a checkpoint that
+    cannot be restored (damaged, or of another architecture) is skipped with a warning for the one
+    before, as training does (``CheckpointError`` naming each when none can be); a
+    ``checkpoint_path`` that cannot be restored is a ``CheckpointError`` naming it and why.
     """
-    weights = _read_checkpoint(model_dir, checkpoint_path)
-    prefix = weights.prefix
     spec = get_variant(config.model.variant)
-    num_classes = weights.num_classes
-    if num_classes is None:
-        raise ValueError(f"checkpoint {prefix} has no classifier ('predictions' layer); cannot export it")
+    image_size = eval_image_size(config)
+
+    def restore(prefix):
+        head = checkpointing.saved_shapes(prefix).get("predictions/bias")
+        if head is None:
+            raise ValueError(f"checkpoint {prefix} has no classifier ('predictions' layer); cannot export it")
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")  # Export in float32 whatever the run trained in.
+        try:
+            logits_model = build_model_from_config(config.model, head[0], image_size, dropout_rate=0.0)
+            probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits_model.output)
+            model = keras.Model(logits_model.input, probabilities, name=logits_model.name)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        try:
+            ema = checkpointing.restore_model(prefix, logits_model, use_ema=True)
+        except ValueError as e:
+            overrides = "".join(f", {override}" for override in _architecture_overrides(config))
+            raise ValueError(f"another run's? The config says EfficientNetV2-{spec.name.upper()}"
+                             f"{overrides}, and {_first_line(e)}") from None
+        return model, prefix, head[0], ema
+
+    model, prefix, num_classes, ema = _restore(config, model_dir, checkpoint_path, restore)
     info = InferenceInfo(
         variant=spec,
         num_classes=num_classes,
         class_names=_class_names(config, num_classes),
-        image_size=eval_image_size(config),
+        image_size=image_size,
         checkpoint=prefix,
+        ema=ema,
         keras_application_skip=keras_application_skip_reason(config, spec),
     )
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")  # Export in float32 whatever the run trained in.
-    try:
-        # training._build reads only plan.variant and plan.num_classes.
-        logits_model = training._build(config, info, 0.0, info.image_size)
-        probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits_model.output)
-        model = keras.Model(logits_model.input, probabilities, name=logits_model.name)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    try:
-        report = weights_import.assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=False)
-    except ValueError as e:
-        overrides = "".join(f", {override}" for override in _architecture_overrides(config))
-        raise ValueError(f"{e} (the config says EfficientNetV2-{spec.name.upper()}{overrides}"
-                         "; is this checkpoint from another run?)") from None
-    info.ema = report["ema"]
     logging.info("Restored %s (%s weights) into EfficientNetV2-%s, %d classes, %d px.", prefix,
                  "EMA" if info.ema else "training", spec.name.upper(), num_classes, info.image_size)
     return model, info

@@ -13,7 +13,7 @@ from efficientnetv2.blocks import (
 )
 from efficientnetv2.variants import get_variant
 
-__all__ = ["build_model", "set_dropout_rate", "FEATURE_LEVELS"]
+__all__ = ["build_model", "build_model_from_config", "set_dropout_rate", "FEATURE_LEVELS"]
 
 # keras.applications' normalization of B0-B3 inputs (ImageNet mean and std of [0, 1] pixels).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,6 +169,29 @@ def build_model(
         outputs = features
     return keras.Model(inputs, outputs, name=model_name)
 
+
+def build_model_from_config(model_config, num_classes, input_size=None, dropout_rate=None):
+    """``build_model`` with the architecture of a run's ``model`` config section (``config.model``).
+
+    The one place that turns the config's model keys into a model, for the trainer and for export
+    alike. ``input_size`` fixes a square input (``None``: any size); ``dropout_rate`` is the head
+    dropout (``None``: the variant's).
+    """
+    m = model_config
+    return build_model(
+        m.variant,
+        num_classes=num_classes,
+        input_shape=(input_size, input_size, 3),
+        dropout_rate=dropout_rate,
+        drop_path_rate=m.drop_path_rate,
+        bn_momentum=m.bn_momentum,
+        bn_epsilon=m.bn_epsilon,
+        synchronized_bn=m.synchronized_bn,
+        width=m.width,
+        depth=m.depth,
+        blocks=m.blocks,
+        head_filters=m.head_filters,
+    )
 
 def _letters(index):
     """Block letters as keras.applications names them: a, b, ..., z, then aa, ab, ... ."""

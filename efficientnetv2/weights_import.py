@@ -5,9 +5,11 @@
 
 1. Our own checkpoints (``RunCheckpoint``): a run folder (``model_dir``, using
    ``model_dir/checkpoints``' latest), a checkpoints folder, or a checkpoint prefix
-   (``.../ckpt-1200``). Variables are matched by their Keras path (``block3a/se/se_reduce/kernel``),
-   read from the checkpoint's object graph; the EMA weights kept in the optimizer
-   (``<optimizer>/block3a_se_se_reduce_kernel_average``) are used when present.
+   (``.../ckpt-1200``). They are read by ``checkpointing.read_weights``, the one reader of our
+   checkpoints, and matched by their Keras path (``block3a/se/se_reduce/kernel``); their EMA weights
+   are used when present. (Export and prediction, whose model is the run's own, restore through
+   ``checkpointing.restore_model`` instead; this by-name reading is for fine-tuning, where the
+   classifier may differ.)
 2. keras.applications EfficientNetV2 weight files: ``.h5`` as distributed (legacy layout) or Keras 3
    ``.weights.h5``. The keras.applications model of ``variant`` is built with ``weights=None``, the
    file is loaded into it with ``load_weights`` (which checks its structure), and its layers are
@@ -51,19 +53,18 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnetv2.blocks import FusedMBConv, MBConv
+from efficientnetv2.checkpointing import CheckpointWeights, find_checkpoint, is_run_checkpoint, read_weights
 from efficientnetv2.keras_applications import build_keras_application, layer_map
 from efficientnetv2.variants import get_variant
 
 __all__ = [
     "load_pretrained",
     "DEFAULT_MAX_UNPACKED_BYTES",
-    "read_run_checkpoint",
     "assign_run_checkpoint",
     "find_checkpoint",
     "reference_names",
     "safe_extract",
     "UnsafeArchiveError",
-    "RunCheckpointWeights",
 ]
 
 HEAD_LAYER = "predictions"
@@ -163,32 +164,6 @@ def _log_report(report, origin, detail):
 
 # ------------------------------------------------------------------------------------------------
 # Paths: run folders, checkpoint folders, prefixes, archives.
-
-
-def find_checkpoint(path):
-    """The checkpoint prefix ``path`` designates: a prefix, a run folder or a checkpoint folder.
-
-    Raises ``FileNotFoundError`` naming ``path`` when there is none.
-    """
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    if tf.io.gfile.isdir(path):
-        for folder in (os.path.join(path, "checkpoints"), path):
-            if not tf.io.gfile.isdir(folder):
-                continue
-            latest = tf.train.latest_checkpoint(folder)
-            if latest:
-                return latest
-            indexes = sorted(tf.io.gfile.glob(os.path.join(folder, "*.index")))
-            if len(indexes) == 1:
-                return indexes[0][: -len(".index")]
-            if indexes:
-                raise FileNotFoundError(
-                    f"{folder} holds several checkpoints ({_few(os.path.basename(i) for i in indexes)}) "
-                    "and no 'checkpoint' index file; pass the prefix of the one to use"
-                )
-        raise FileNotFoundError(f"no checkpoint in {path} (nor in {os.path.join(path, 'checkpoints')})")
-    raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index and no such folder)")
 
 
 @dataclasses.dataclass
@@ -339,82 +314,8 @@ def _checkpoint_in(folder, archive):
 # Format 1: our own checkpoints.
 
 
-@dataclasses.dataclass
-class RunCheckpointWeights:
-    """The model weights of one of our checkpoints, by Keras variable path."""
-
-    prefix: str
-    values: dict  # path -> array, every model variable
-    ema: dict  # path -> array, the optimizer's EMA of the trainable ones (empty without EMA)
-
-    def value(self, path, use_ema=True):
-        if use_ema and path in self.ema:
-            return self.ema[path]
-        return self.values.get(path)
-
-    @property
-    def num_classes(self):
-        bias = self.values.get(f"{HEAD_LAYER}/bias")
-        return None if bias is None else int(bias.shape[0])
-
-
-def _object_graph(reader):
-    from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: PLC0415
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    return graph
-
-
-def _variables_under(graph, child_name, skip=()):
-    """{variable full name: checkpoint key} of every variable reachable from the root's ``child_name``,
-    not following edges named in ``skip``."""
-    start = [c.node_id for c in graph.nodes[0].children if c.local_name == child_name]
-    seen, queue, found = set(start), list(start), {}
-    while queue:
-        node = graph.nodes[queue.pop()]
-        for attribute in node.attributes:
-            if attribute.name == "VARIABLE_VALUE":
-                found[attribute.full_name] = attribute.checkpoint_key
-        for child in node.children:
-            if child.node_id not in seen and child.local_name not in skip:
-                seen.add(child.node_id)
-                queue.append(child.node_id)
-    return found
-
-
-def _is_run_checkpoint(reader):
-    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
-        return False
-    graph = _object_graph(reader)
-    return any(c.local_name == "model" for c in graph.nodes[0].children)
-
-
-def read_run_checkpoint(prefix):
-    """Reads the model weights (and their EMA) of a ``RunCheckpoint`` at ``prefix``."""
-    reader = tf.train.load_checkpoint(prefix)
-    if not _is_run_checkpoint(reader):
-        raise ValueError(f"{prefix} is not a checkpoint of this project (no 'model' in its object graph)")
-    graph = _object_graph(reader)
-    # A compiled model tracks its optimizer; its slots and averages are not model weights.
-    model_vars = _variables_under(graph, "model", skip=("optimizer",))
-    values = {name: reader.get_tensor(key) for name, key in model_vars.items()}
-    # Keras names an EMA variable "<optimizer>/<variable path with '/' as '_'>_average".
-    averages = {}
-    for name, key in _variables_under(graph, "optimizer").items():
-        leaf = name.rsplit("/", 1)[-1]
-        if leaf.endswith("_average"):
-            averages[leaf] = key
-    ema = {}
-    for path in values:
-        key = averages.get(path.replace("/", "_") + "_average")
-        if key is not None:
-            ema[path] = reader.get_tensor(key)
-    return RunCheckpointWeights(prefix=prefix, values=values, ema=ema)
-
-
 def assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=True):
-    """Assigns ``RunCheckpointWeights`` to ``model`` (strictly; see the module docstring)."""
+    """Assigns ``checkpointing.CheckpointWeights`` to ``model`` (strictly; see the module docstring)."""
     slots = [_Slot(v, v.path, v.path.startswith(HEAD_LAYER + "/")) for v in model.weights]
     # Only weights count as "extra": random-seed states and the like are not part of the network.
     source_keys = [k for k in weights.values if k.rsplit("/", 1)[-1] in _WEIGHT_NAMES]
@@ -455,7 +356,7 @@ def _load_run_checkpoint(model, prefix, spec):
             f"({config_path}); {_model_words(model, spec)}. Use a checkpoint of the same variant, or "
             f"train --model={get_variant(variant).name}."
         )
-    weights = read_run_checkpoint(prefix)
+    weights = read_weights(prefix)
     report = assign_run_checkpoint(model, weights)
     _log_report(report, f"checkpoint {prefix}", "EMA weights" if report["ema"] else "training weights")
     return report
@@ -685,11 +586,10 @@ def load_pretrained(model, path, variant, max_unpacked_bytes=DEFAULT_MAX_UNPACKE
 
 def _load_checkpoint(model, prefix, spec):
     """Loads our run checkpoint or a reference checkpoint at ``prefix``, whichever it is."""
-    reader = tf.train.load_checkpoint(prefix)
-    if _is_run_checkpoint(reader):
+    if is_run_checkpoint(prefix):
         report = _load_run_checkpoint(model, prefix, spec)
         report["format"] = "run checkpoint"
-    elif _reference_prefix(reader.get_variable_to_shape_map()) is not None:
+    elif _reference_prefix(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()) is not None:
         report = _load_reference_checkpoint(model, prefix, spec)
         report["format"] = "reference checkpoint"
     else:
@@ -728,8 +628,7 @@ def _load_keras_file(model, path, folder, spec):
         raise ValueError(f"{path} holds model {saved.name!r} (EfficientNetV2-{theirs.name.upper()}); "
                          f"{_model_words(model, spec)}. Use a file of the same variant.")
     if any(isinstance(layer, (MBConv, FusedMBConv)) for layer in saved.layers):
-        weights = RunCheckpointWeights(prefix=path, values={w.path: np.asarray(w) for w in saved.weights},
-                                       ema={})
+        weights = CheckpointWeights(prefix=path, values={w.path: np.asarray(w) for w in saved.weights}, ema={})
         report = assign_run_checkpoint(model, weights)
         _log_report(report, f"model file {path}", "saved weights")
         report["format"] = "keras model file"

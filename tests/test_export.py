@@ -446,9 +446,19 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_checkpoint_of_another_architecture_refused(run, tmp_path):
+    """As training: every checkpoint of the run is tried, and the error says why each was not used."""
     other = tiny_config(**{"model.blocks": "r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e4_i8_o24_c1"})
-    with pytest.raises(ValueError, match=r"does not match model .*another run"):
+    expected = (r"ckpt-{} \(ValueError: another run's\? The config says EfficientNetV2-S, model.blocks, "
+                r"model.head_filters, and the checkpoint does not match model 'efficientnetv2-s': 11 of the "
+                r"wrong shape: block2a/expand_conv/kernel: \(3, 3, 8, 16\) in the checkpoint, \(3, 3, 8, 32\) "
+                r"in the model")
+    with pytest.raises(CheckpointError, match=expected.format(4) + r".*" + expected.format(2)):
         export.export_run(other, run["model_dir"], str(tmp_path / "export"))
+    prefix = os.path.join(run["model_dir"], "checkpoints", "ckpt-2")
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(prefix[:-len('ckpt-2')])}"
+                                              + expected.format(2).replace(r"\(Value", r"cannot be restored \(Value")):
+        export.export_run(other, run["model_dir"], str(tmp_path / "export"), checkpoint_path=prefix)
+    assert not (tmp_path / "export").exists()
 
 
 def test_imagenet_class_names():
