@@ -69,6 +69,7 @@ import tensorflow as tf
 
 from efficientnetv2 import checkpointing, keras_applications
 from efficientnetv2.checkpointing import restore_checkpoint, restore_with_fallback
+from efficientnetv2.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
 from efficientnetv2.weights_import import find_checkpoint
@@ -151,7 +152,7 @@ def _first_line(error):
 
 def _class_names(config, num_classes):
     """The data's class names when they can be read and fit, else ImageNet's for 1000 classes."""
-    import datasets  # noqa: PLC0415 (the input side, only for the names)
+    datasets = input_pipeline()  # The input side, only for the names.
 
     names = None
     try:
@@ -277,7 +278,7 @@ def _decode_batch(image_bytes, size):
     catch an op's error; tf.data can: the images are decoded in a dataset that drops the failures,
     and the indices that come out tell which did not.
     """
-    from datasets import decode  # noqa: PLC0415
+    decode = input_pipeline().decode
 
     indices = tf.range(tf.shape(image_bytes)[0])
     decoded = tf.data.Dataset.from_tensor_slices((indices, image_bytes)).map(
@@ -656,7 +657,7 @@ def _check_image_size(path, size, max_bytes):
 
 
 def _load_image(path, image_size, max_bytes):
-    from datasets import decode  # noqa: PLC0415
+    decode = input_pipeline().decode
 
     data = _read_image_file(path, max_bytes)
     try:

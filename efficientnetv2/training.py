@@ -27,7 +27,7 @@ from efficientnetv2 import (checkpointing, distribute, keras_compat, optimizers,
                             schedules)
 from efficientnetv2.checkpointing import RunCheckpoint
 from efficientnetv2.input_pipeline import input_pipeline
-from efficientnetv2.model import build_model
+from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
 from hparams import config as config_lib
 
@@ -138,23 +138,6 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         peak_lr=config.train.lr_base * global_batch / config.train.lr_base_batch_size,
         mixed_precision=precision,
         jit_compile=jit,
-    )
-
-
-def _build(config, plan, dropout_rate, input_size=None):
-    return build_model(
-        plan.variant,
-        num_classes=plan.num_classes,
-        input_shape=(input_size, input_size, 3),
-        dropout_rate=dropout_rate,
-        drop_path_rate=config.model.drop_path_rate,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        synchronized_bn=config.model.synchronized_bn,
-        width=config.model.width,
-        depth=config.model.depth,
-        blocks=config.model.blocks,
-        head_filters=config.model.head_filters,
     )
 
 
@@ -437,7 +420,7 @@ def _build_and_restore(config, model_dir, strategy, plan, chief):
     for a new run, from ``train.init_checkpoint``; then the run's config.yaml is written."""
     _setup_precision_and_seed(config, plan)
     with strategy.scope():
-        model = _build(config, plan, plan.stages[0].dropout_rate)
+        model = build_model_from_config(config.model, plan.num_classes, dropout_rate=plan.stages[0].dropout_rate)
         optimizer = _compile(config, plan, model)
         checkpoint = RunCheckpoint(
             os.path.join(model_dir, "checkpoints"), model, optimizer,
@@ -562,7 +545,7 @@ def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
 def _evaluate_checkpoint(config, model_dir, strategy, checkpoint_path, source, plan):
     _setup_precision_and_seed(config, plan)
     with strategy.scope():
-        model = _build(config, plan, plan.stages[-1].dropout_rate)
+        model = build_model_from_config(config.model, plan.num_classes, dropout_rate=plan.stages[-1].dropout_rate)
         optimizer = _compile(config, plan, model)
         checkpoint = RunCheckpoint(os.path.join(model_dir, "checkpoints"), model, optimizer)
         if checkpoint_path:

@@ -22,6 +22,7 @@ import tensorflow as tf
 from datasets import decode
 from efficientnetv2 import build_model, export, optimizers, training
 from efficientnetv2.checkpointing import CheckpointError, RunCheckpoint
+from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
 from tests.training_helpers import tiny_config
 from tests.weights_randomizer import randomize_weights
@@ -57,14 +58,14 @@ def reference_model(run):
     """The run's latest checkpoint restored as evaluation does, EMA weights swapped in, + softmax."""
     config = run["config"]
     plan = training.make_plan(config, __import__("datasets").get_source("synthetic"))
-    model = training._build(config, plan, 0.0)
+    model = build_model_from_config(config.model, plan.num_classes, dropout_rate=0.0)
     optimizer = training._compile(config, plan, model)
     checkpoint = RunCheckpoint(os.path.join(run["model_dir"], "checkpoints"), model, optimizer)
     checkpoint.restore_latest()
     with optimizers.swap_ema_weights(model, optimizer) as used:
         assert used
         weights = [np.array(w) for w in model.weights]
-    clone = training._build(config, plan, 0.0)
+    clone = build_model_from_config(config.model, plan.num_classes, dropout_rate=0.0)
     clone.set_weights(weights)
     return lambda x: np.asarray(keras.activations.softmax(clone(np.asarray(x, "float32"), training=False)))
 

@@ -389,11 +389,12 @@ def _special(tar, name):
 def test_training_starts_from_init_checkpoint(tmp_path):
     """train.init_checkpoint: a new run starts from another run's EMA weights (head included)."""
     from efficientnetv2 import training  # noqa: PLC0415
+    from efficientnetv2.model import build_model_from_config  # noqa: PLC0415
     from tests.training_helpers import tiny_config  # noqa: PLC0415
 
     config = tiny_config()
-    source = training._build(config, training.make_plan(config, __import__("datasets").get_source("synthetic")),
-                             0.0)
+    source = build_model_from_config(config.model, __import__("datasets").get_source("synthetic").num_classes,
+                                     dropout_rate=0.0)
     optimizer, _ = _write_run(str(tmp_path / "pretrained"), source)
     config = tiny_config(**{"train.init_checkpoint": str(tmp_path / "pretrained")})
     result = training.train(config, str(tmp_path / "finetune"), verbose=0, max_epochs=0)
