@@ -69,8 +69,8 @@ def main(argv):
 
     import tensorflow as tf
 
-    from efficientnetv2 import distribute, run_lock, training
-    from efficientnetv2.checkpointing import CheckpointError
+    from efficientnetv2.train import distribute, run_lock, training
+    from efficientnetv2.io.checkpointing import CheckpointError
 
     try:
         return _run(config, model_dir, distribute.get_strategy(FLAGS.strategy, FLAGS.tpu))
@@ -88,7 +88,7 @@ def main(argv):
 
 
 def _run(config, model_dir, strategy):
-    from efficientnetv2 import training
+    from efficientnetv2.train import training
 
     if FLAGS.mode in ("train", "train_and_eval"):
         result = training.train(
@@ -109,14 +109,14 @@ def _run(config, model_dir, strategy):
               f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
               f"{_weights(results)})")
     elif FLAGS.mode == "export":
-        from efficientnetv2 import export
+        from efficientnetv2.io import export
 
         export_dir = FLAGS.export_dir or os.path.join(model_dir, "export")
         written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
         for kind, path in written.items():
             logging.info("Exported %s: %s", kind, path)
     elif FLAGS.mode == "predict":
-        from efficientnetv2 import export
+        from efficientnetv2.io import export
 
         if not FLAGS.image:
             raise app.UsageError("--mode=predict needs at least one --image")

@@ -28,7 +28,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["efficientnetv2*", "datasets*", "hparams*"]),
     py_modules=["main"],
-    package_data={"hparams": ["*.yaml"], "efficientnetv2": ["*.txt"]},
+    package_data={"hparams": ["*.yaml"], "efficientnetv2.io": ["*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
-from efficientnetv2.keras_applications import build_keras_application  # noqa: E402
+from efficientnetv2.io.keras_applications import build_keras_application  # noqa: E402
 
 # keras.applications.EfficientNetV2*'s defaults, given to ours too so both do the same work.
 KERAS_DROPOUT_RATE = 0.2

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from efficientnetv2 import training  # noqa: E402
+from efficientnetv2.train import training  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
 
 

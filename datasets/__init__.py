@@ -46,7 +46,7 @@ __all__ = [
     "skipped_shards", "steps_per_epoch",
 ]
 
-# Tells this package from Hugging Face's ``datasets`` (see efficientnetv2/input_pipeline.py).
+# Tells this package from Hugging Face's ``datasets`` (see efficientnetv2/io/input_pipeline.py).
 EFFICIENTNETV2_INPUT_PIPELINE = True
 
 

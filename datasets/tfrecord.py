@@ -8,8 +8,8 @@ A corrupt or truncated shard does not stop the run: it is read up to the damage,
 is skipped, and a warning names the shard and how much of it was read; `datasets.skipped_shards()`
 counts it (once per pass, train and eval alike).  A shard that cannot be opened at all (it
 vanished or is unreadable) is skipped the same way.  The epoch then runs short of the examples
-counted before, which the trainer reports (`efficientnetv2.training.DataExhausted`).  Healthy shards are read exactly as before:
-the same records in the same order.
+counted before; the trainer fills its steps by repeating the epoch from its start and logs the
+count.  Healthy shards are read exactly as before: the same records in the same order.
 """
 
 import os

@@ -3,7 +3,7 @@
 Usage: python -m tests.distributed_worker <mirrored|multiworker> <model_dir> <out.npz>
 trains the tiny model under a strategy (multiworker reads TF_CONFIG) and writes the final weights to
 out.npz. python -m tests.distributed_worker keras-canary <out.json> fits a plain Keras model under
-MultiWorkerMirroredStrategy without, then with, the workarounds of efficientnetv2.keras_compat and
+MultiWorkerMirroredStrategy without, then with, the workarounds of efficientnetv2.train.keras_compat and
 writes what each fit did to out.json. ``run_two_workers`` starts 2 such workers on localhost.
 """
 
@@ -70,7 +70,7 @@ def train(kind, model_dir, out):
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     else:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    from efficientnetv2 import training
+    from efficientnetv2.train import training
     from tests.training_helpers import tiny_config
 
     config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 2, "model.synchronized_bn": True})
@@ -85,7 +85,7 @@ def keras_canary(out):
     workarounds. Each fit's outcome ("trained" or the error's first line) goes to ``out``."""
     import keras
 
-    from efficientnetv2 import keras_compat
+    from efficientnetv2.train import keras_compat
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     options = tf.data.Options()

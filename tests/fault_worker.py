@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from tensorflow.python.checkpoint import checkpoint_management  # noqa: E402
 
-from efficientnetv2 import training  # noqa: E402
+from efficientnetv2.train import training  # noqa: E402
 from tests.training_helpers import tiny_config  # noqa: E402
 
 CONFIG = dict(**{"train.epochs": 4, "train.steps_per_epoch": 5, "train.deterministic": True,

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.python.checkpoint import functional_saver
 
 from efficientnetv2 import build_model
-from efficientnetv2.checkpointing import (
+from efficientnetv2.io.checkpointing import (
     CheckpointError,
     RunCheckpoint,
     checkpoint_candidates,
@@ -25,7 +25,7 @@ from efficientnetv2.checkpointing import (
     restore_model,
     restore_with_fallback,
 )
-from efficientnetv2.optimizers import RMSprop, swap_ema_weights
+from efficientnetv2.train.optimizers import RMSprop, swap_ema_weights
 from tests.training_helpers import TINY_BLOCKS
 
 

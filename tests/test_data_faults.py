@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import datasets
-from efficientnetv2 import training
+from efficientnetv2.train import training
 from datasets import records
 from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image, write,
                                     write_imagenet_shards)

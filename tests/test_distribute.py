@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnetv2 import distribute
+from efficientnetv2.train import distribute
 from tests.distributed_worker import ROOT, run_two_workers, worker_env
 
 

@@ -20,8 +20,10 @@ import pytest
 import tensorflow as tf
 
 from datasets import decode
-from efficientnetv2 import build_model, export, optimizers, training
-from efficientnetv2.checkpointing import CheckpointError, RunCheckpoint
+from efficientnetv2 import build_model
+from efficientnetv2.io import export
+from efficientnetv2.train import optimizers, training
+from efficientnetv2.io.checkpointing import CheckpointError, RunCheckpoint
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
 from tests.training_helpers import tiny_config
@@ -270,7 +272,7 @@ def test_export_is_atomic(run, monkeypatch, tmp_path):
     # A process killed in the middle of an export (after the SavedModel, during TFLite).
     killed = run_python(f"""
         import os, signal
-        from efficientnetv2 import export
+        from efficientnetv2.io import export
         from tests.training_helpers import tiny_config
         export._write_tflite = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
         export.export_run(tiny_config(**{RUN!r}), {run["model_dir"]!r}, {export_dir!r})

@@ -4,7 +4,7 @@ import pytest
 
 from efficientnetv2 import build_model
 from efficientnetv2.flops import count_flops
-from efficientnetv2.keras_applications import build_keras_application
+from efficientnetv2.io.keras_applications import build_keras_application
 
 TINY_BLOCKS = "r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_se0.25,r1_k3_s1_e2_i16_o16_c1"
 TINY_KWARGS = dict(blocks=TINY_BLOCKS, head_filters=32, num_classes=10)

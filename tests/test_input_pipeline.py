@@ -8,7 +8,7 @@ import types
 import pytest
 
 import datasets
-from efficientnetv2.input_pipeline import input_pipeline
+from efficientnetv2.io.input_pipeline import input_pipeline
 
 
 def test_our_input_pipeline_is_found():

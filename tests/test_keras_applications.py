@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from efficientnetv2 import build_model
-from efficientnetv2.keras_applications import (
+from efficientnetv2.io.keras_applications import (
     build_keras_application,
     copy_weights_from,
     copy_weights_to,

@@ -1,4 +1,4 @@
-"""Canaries for efficientnetv2/keras_compat.py: each reproduces with plain Keras the behaviour a
+"""Canaries for efficientnetv2/train/keras_compat.py: each reproduces with plain Keras the behaviour a
 workaround exists for and asserts that it still happens. When one fails, Keras changed: check whether
 the workaround is still needed and remove it if not (and its canary with it)."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnetv2 import keras_compat, optimizers
+from efficientnetv2.train import keras_compat, optimizers
 from tests.distributed_worker import run_two_workers
 
 

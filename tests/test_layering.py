@@ -1,7 +1,9 @@
 """The import direction of the package: model <- trainer, model <- import/export.
 
-Import/export (export, weights_import, keras_applications, and the checkpoint reader they share with
-the trainer) never imports the trainer, directly or through another module of the project. Read
+The layout shows it: ``efficientnetv2/*.py`` is the model library, ``efficientnetv2/train/`` the
+trainer, ``efficientnetv2/io/`` import/export (checkpoints, export, weights import). Import/export
+never imports the trainer, and the model library imports neither, directly or through another module
+of the project. Read
 statically from the sources with ``ast`` (function-level imports included), so the check imports
 nothing and takes milliseconds. The other half of the direction (the model library imports no
 TensorFlow under ``KERAS_BACKEND=jax``) is asserted inside the JAX subprocess that
@@ -14,8 +16,16 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMPORT_EXPORT = ("efficientnetv2.export", "efficientnetv2.weights_import", "efficientnetv2.keras_applications")
-TRAINER = ("efficientnetv2.training", "efficientnetv2.progressive")
+
+
+def _modules(folder, package):
+    return sorted(f"{package}.{name[:-3]}" for name in os.listdir(os.path.join(ROOT, folder))
+                  if name.endswith(".py") and name != "__init__.py")
+
+
+MODEL_LIBRARY = _modules("efficientnetv2", "efficientnetv2") + ["efficientnetv2"]
+IMPORT_EXPORT = _modules(os.path.join("efficientnetv2", "io"), "efficientnetv2.io")
+TRAINER = ("efficientnetv2.train",)
 
 
 def source_file(module, root=ROOT):
@@ -72,12 +82,23 @@ def _trainer_in(seen, trainer=TRAINER):
     return sorted(m for m in seen if m in trainer or m.startswith(tuple(t + "." for t in trainer)))
 
 
+def test_the_layout_holds_what_it_should():
+    assert {"efficientnetv2.model", "efficientnetv2.blocks", "efficientnetv2.variants"} <= set(MODEL_LIBRARY)
+    assert {"efficientnetv2.io.export", "efficientnetv2.io.checkpointing"} <= set(IMPORT_EXPORT)
+
+
 @pytest.mark.parametrize("module", IMPORT_EXPORT)
 def test_import_export_never_imports_the_trainer(module):
     seen = project_closure([module])
-    assert "efficientnetv2.model" in seen or module.endswith("keras_applications")  # The walk follows.
     found = _trainer_in(seen)
     assert not found, f"{module} imports the trainer: {'; '.join(_chain(seen, m) for m in found)}"
+
+
+@pytest.mark.parametrize("module", MODEL_LIBRARY)
+def test_the_model_library_imports_neither_the_trainer_nor_import_export(module):
+    seen = project_closure([module])
+    found = _trainer_in(seen, TRAINER + ("efficientnetv2.io",))
+    assert not found, f"{module} imports {'; '.join(_chain(seen, m) for m in found)}"
 
 
 def test_the_check_finds_an_import_inside_a_function_through_another_module(tmp_path):

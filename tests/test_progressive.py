@@ -4,7 +4,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from efficientnetv2 import progressive, schedules, training
+from efficientnetv2.train import progressive, schedules, training
 from tests.training_helpers import tiny_config
 
 

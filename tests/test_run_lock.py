@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from efficientnetv2 import run_lock
-from efficientnetv2.run_lock import LOCK_FILE, RunLock, RunLocked
+from efficientnetv2.train import run_lock
+from efficientnetv2.train.run_lock import LOCK_FILE, RunLock, RunLocked
 
 
 def _write_lock(folder, **owner):

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from efficientnetv2 import schedules
-from efficientnetv2.schedules import ProgressiveSpec, stage_epochs, stage_params
+from efficientnetv2.train import schedules
+from efficientnetv2.train.schedules import ProgressiveSpec, stage_epochs, stage_params
 from efficientnetv2.variants import get_variant
 
 

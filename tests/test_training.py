@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from efficientnetv2 import training
+from efficientnetv2.train import training
 from hparams.config import ConfigError
 from tests.training_helpers import tiny_config
 
@@ -145,7 +145,7 @@ def test_a_model_dir_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp
 
 
 def test_a_second_run_into_a_locked_folder_is_refused_before_any_work(tmp_path):
-    from efficientnetv2.run_lock import RunLock, RunLocked
+    from efficientnetv2.train.run_lock import RunLock, RunLocked
 
     with RunLock(str(tmp_path)):
         with pytest.raises(RunLocked, match="in use by another run"):

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnetv2 import build_model, optimizers, weights_import
-from efficientnetv2.checkpointing import RunCheckpoint
+from efficientnetv2 import build_model
+from efficientnetv2.io import weights_import
+from efficientnetv2.train import optimizers
+from efficientnetv2.io.checkpointing import RunCheckpoint
 from tests.weights_randomizer import randomize_weights
 
 SIZE = 32
@@ -388,7 +390,7 @@ def _special(tar, name):
 
 def test_training_starts_from_init_checkpoint(tmp_path):
     """train.init_checkpoint: a new run starts from another run's EMA weights (head included)."""
-    from efficientnetv2 import training  # noqa: PLC0415
+    from efficientnetv2.train import training  # noqa: PLC0415
     from efficientnetv2.model import build_model_from_config  # noqa: PLC0415
     from tests.training_helpers import tiny_config  # noqa: PLC0415
 

@@ -16,7 +16,7 @@ import contextlib
 import keras
 from keras import ops
 
-from efficientnetv2.keras_compat import KeepTrainingWeightsAtEndOfFit
+from efficientnetv2.train.keras_compat import KeepTrainingWeightsAtEndOfFit
 
 __all__ = ["make_optimizer", "add_weight_decay", "swap_ema_weights", "has_ema"]
 

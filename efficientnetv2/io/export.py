@@ -67,12 +67,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2 import checkpointing, keras_applications
-from efficientnetv2.checkpointing import restore_checkpoint, restore_with_fallback
-from efficientnetv2.input_pipeline import input_pipeline
+from efficientnetv2.io import checkpointing, keras_applications
+from efficientnetv2.io.checkpointing import restore_checkpoint, restore_with_fallback
+from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
-from efficientnetv2.weights_import import find_checkpoint
+from efficientnetv2.io.weights_import import find_checkpoint
 
 __all__ = [
     "export_run",

@@ -24,7 +24,7 @@ stage ``i``'s parameters because everything is a function of the epoch number (`
 from absl import logging
 import keras
 
-from efficientnetv2 import schedules
+from efficientnetv2.train import schedules
 from efficientnetv2.model import set_dropout_rate
 
 __all__ = ["ProgressiveLearning"]

@@ -53,8 +53,8 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnetv2.blocks import FusedMBConv, MBConv
-from efficientnetv2.checkpointing import CheckpointWeights, find_checkpoint, is_run_checkpoint, read_weights
-from efficientnetv2.keras_applications import build_keras_application, layer_map
+from efficientnetv2.io.checkpointing import CheckpointWeights, find_checkpoint, is_run_checkpoint, read_weights
+from efficientnetv2.io.keras_applications import build_keras_application, layer_map
 from efficientnetv2.variants import get_variant
 
 __all__ = [

@@ -23,10 +23,10 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from efficientnetv2 import (checkpointing, distribute, keras_compat, optimizers, progressive, run_lock,
-                            schedules)
-from efficientnetv2.checkpointing import RunCheckpoint
-from efficientnetv2.input_pipeline import input_pipeline
+from efficientnetv2.io import checkpointing
+from efficientnetv2.train import distribute, keras_compat, optimizers, progressive, run_lock, schedules
+from efficientnetv2.io.checkpointing import RunCheckpoint
+from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
 from hparams import config as config_lib
@@ -429,7 +429,7 @@ def _build_and_restore(config, model_dir, strategy, plan, chief):
         )
         restored = checkpoint.restore_latest()
         if restored is None and config.train.init_checkpoint:
-            from efficientnetv2 import weights_import  # noqa: PLC0415 (only for fine-tuning)
+            from efficientnetv2.io import weights_import  # noqa: PLC0415 only for fine-tuning
 
             weights_import.load_pretrained(model, config.train.init_checkpoint, plan.variant,
                                            max_unpacked_bytes=config.train.max_archive_mb * 2**20)
