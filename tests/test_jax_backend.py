@@ -1,5 +1,7 @@
 """The model library runs under the JAX backend too (a subprocess, since the backend is per process),
-and imports no TensorFlow there: half of the layering that tests/test_layering.py enforces."""
+and imports no TensorFlow there: half of the layering that tests/test_layering.py enforces. The same
+subprocess runs benchmarks/gpu_train_throughput.py end to end at a tiny size (the GPU benchmark's
+flow on this CPU)."""
 
 import importlib.util
 import os
@@ -13,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
     """
-    import sys
+    import runpy, sys
     import numpy as np, keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
     # The backend-agnostic model library: no TensorFlow import, at import time nor to build a model.
@@ -33,17 +35,43 @@ SCRIPT = textwrap.dedent(
     loss = model.train_on_batch(x, y)
     changed = any(not np.allclose(a, np.array(b)) for a, b in zip(before, model.trainable_weights))
     print("JAX_OK", float(loss), changed)
+
+    # benchmarks/gpu_train_throughput.py end to end at a tiny size, in the same process (one JAX start).
+    sys.argv = ["gpu_train_throughput.py", "--variants", "s", "--image_size", "32",
+                "--start_batch", "2", "--max_batch", "4", "--steps", "2", "--warmup", "1", "--num_classes", "5",
+                "--blocks", "r1_k3_s2_e1_i8_o8_c1,r1_k3_s1_e2_i8_o8_se0.25", "--head_filters", "16",
+                "--peak_matmul_size", "128"]
+    runpy.run_path("benchmarks/gpu_train_throughput.py", run_name="__main__")
+    print("TENSORFLOW_IMPORTED", "tensorflow" in sys.modules)
     """
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
-def test_one_training_step_under_jax():
+@pytest.fixture(scope="module")
+def jax_run():
+    """One subprocess under KERAS_BACKEND=jax (the backend is chosen per process) for both tests."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("JAX_OK")][0]
+    return result.stdout.splitlines()
+
+
+def test_one_training_step_under_jax(jax_run):
+    line = [l for l in jax_run if l.startswith("JAX_OK")][0]
     _, loss, changed = line.split()
     assert changed == "True"
     assert float(loss) > 0
+
+
+def test_gpu_benchmark_tiny_run_under_jax_prints_throughput_without_tensorflow(jax_run):
+    assert any(l.startswith("# measured peak:") and "TFLOP/s" in l for l in jax_run), jax_run
+    for mode in ("train", "infer"):
+        found = [l for l in jax_run if l.startswith(f"s {mode} 32px batch 4:") and "img/s" in l]
+        assert found, jax_run
+        images_s = float(found[0].split(":")[1].split("img/s")[0])
+        assert images_s > 0
+        assert "MFU" in found[0]
+    assert "TENSORFLOW_IMPORTED False" in jax_run, jax_run
