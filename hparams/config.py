@@ -519,7 +519,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         if value is not None and value > MAX_IMAGE_SIZE:
             raise _rule(key, value, f"must be <= {MAX_IMAGE_SIZE} px (the paper's largest is 512)")
     start, end = config.progressive.image_size_start, config.progressive.image_size_end
-    if start is not None and end is not None and start > end:
+    if start is not None and end is not None and start > end and config.progressive.num_stages > 1:
         raise _rule("progressive.image_size_start", start,
                     f"must be <= progressive.image_size_end ({end}): images grow over the stages")
     if last_train_size is not None and eval_size is not None and eval_size < last_train_size:

@@ -173,3 +173,9 @@ def test_a_command_on_a_finished_run_reads_its_saved_config(tmp_path):
     # Training merges from the defaults (its saved config is compared later, not read).
     c = config_lib.load_command_config(str(tmp_path), use_saved=False, model="s")
     assert (c.model.variant, c.train.epochs) == ("s", 4)  # hparams/synthetic.yaml, not the saved 7
+
+
+def test_one_stage_ignores_the_start_size():
+    c = config_lib.load_config(overrides="progressive.num_stages=1,progressive.image_size_start=64,"
+                                         "progressive.image_size_end=32")
+    config_lib.validate(c)  # The synthetic start (64) is never trained at: no complaint.
