@@ -178,4 +178,4 @@ def test_a_command_on_a_finished_run_reads_its_saved_config(tmp_path):
 def test_one_stage_ignores_the_start_size():
     c = config_lib.load_config(overrides="progressive.num_stages=1,progressive.image_size_start=64,"
                                          "progressive.image_size_end=32")
-    config_lib.validate(c)  # The synthetic start (64) is never trained at: no complaint.
+    config_lib.validate(c)  # One stage never trains at the start size: no complaint.
