@@ -17,8 +17,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4", "hypothesis>=6.100,<7", "jax[cpu]>=0.10.2,<0.11",
              "pillow>=10,<14", "importlib-resources>=6,<8"],
-    # keras-cv is only the comparison baseline of benchmarks/input_pipeline.py.
-    "bench": ["keras-cv==0.9.0", "jax[cpu]>=0.10.2,<0.11"],
+    # keras-cv is only the comparison baseline of benchmarks/input_pipeline.py; matplotlib draws
+    # benchmarks/time_to_accuracy.py --plot.
+    "bench": ["keras-cv==0.9.0", "jax[cpu]>=0.10.2,<0.11", "matplotlib"],
 }
 
 setuptools.setup(
