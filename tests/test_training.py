@@ -55,6 +55,31 @@ def test_run_folder_contents(tmp_path):
     assert logs["images_per_sec"] > 0
 
 
+def _scalars(folder):
+    """{tag: {step: value}} of the TensorBoard event files in ``folder``."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":  # not the model graph's text
+                    scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_train_and_eval_writes_validation_scalars_beside_the_training_ones(tmp_path):
+    config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 1})
+    result = training.train(config, str(tmp_path), verbose=0, evaluate_each_epoch=True)
+    train, validation = _scalars(tmp_path / "logs" / "train"), _scalars(tmp_path / "logs" / "validation")
+    # The same tag at the same epoch steps as Keras' training scalars: one chart with both curves.
+    assert set(train["epoch_top1"]) == set(validation["epoch_top1"]) == {0, 1}
+    assert set(validation["epoch_loss"]) == {0, 1}
+    assert validation["epoch_top1"][1] == pytest.approx(result["logs"]["eval_top1"])
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     training.train(tiny_config(**{"train.epochs": 2, "progressive.num_stages": 1}), str(tmp_path), verbose=0,
                    max_epochs=1)

@@ -375,6 +375,7 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                                              _epoch_data(config, plan, source, strategy))
     tensorboard = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
     best = _BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if evaluate_each_epoch else None
+    validation = _ValidationScalars(os.path.join(model_dir, "logs", "validation")) if best and chief else None
     end = config.train.epochs if max_epochs is None else min(config.train.epochs, epoch + max_epochs)
     logs = {}
     while epoch < end:
@@ -392,7 +393,10 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
         epoch, step_in_epoch = epoch + 1, 0
         path = checkpoint.save(epoch, 0)
         if best is not None:
-            logs.update(best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval))
+            results = best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval)
+            logs.update(results)
+            if validation is not None:
+                validation.write(epoch - 1, results)
         logging.info(
             "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
             epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
@@ -531,6 +535,25 @@ class _BestCheckpoint:
             self.best_top1 = results["top1"]
             checkpointing.save_checkpoint(self.manager, int(optimizer.iterations.numpy()))
         return {f"eval_{k}": v for k, v in results.items()}
+
+
+class _ValidationScalars:
+    """The evaluation after each epoch as TensorBoard scalars next to the training ones.
+
+    Keras' TensorBoard callback writes ``epoch_<metric>`` to ``logs/train`` at step = the 0-based
+    epoch; it never sees our evaluation, which runs after ``fit`` returns. This writes the same names
+    to ``logs/validation`` at the same step, so TensorBoard draws both curves on one chart.
+    """
+
+    def __init__(self, directory):
+        self.writer = tf.summary.create_file_writer(directory)
+
+    def write(self, epoch, results):
+        with self.writer.as_default():
+            for key, value in results.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tf.summary.scalar("epoch_" + key.removeprefix("eval_"), value, step=epoch)
+        self.writer.flush()
 
 
 def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
