@@ -3,8 +3,8 @@
 This file is intentionally short: it reads the flags and calls the libraries, which are tested.
 
     python main.py --mode=train --model=s                     # built-in synthetic data
-    python main.py --mode=train_and_eval --model=b0 --data_dir=/data/imagenette \
-        --hparams_file=hparams/imagenette.yaml
+    python main.py --mode=train_and_eval --model=b0 --data_dir=/data/photos \
+        --hparams_file=hparams/small_data.yaml
     python main.py --mode=eval --model_dir=runs/...
 """
 

@@ -1,4 +1,5 @@
-"""The pure parts of the benchmarks: the Fused-MBConv ablation's networks (benchmarks/fused_ablation.py)."""
+"""The pure parts of the benchmarks: the Fused-MBConv ablation's networks (benchmarks/fused_ablation.py) and
+the time-to-accuracy measure (benchmarks/time_to_accuracy.py)."""
 
 import numpy as np
 import pytest
@@ -31,3 +32,15 @@ def test_ablation_parameters_match_the_paper(fused_stages, paper):
     model, _ = build(fused_stages, 64)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert abs(trainable - paper) <= 0.01 * paper
+
+
+def test_time_to_accuracy_takes_the_first_epoch_at_or_above_the_target():
+    from benchmarks.time_to_accuracy import parse_args, time_to_reach
+
+    curve = [(10.0, 0.2), (25.0, 0.5), (40.0, 0.45), (60.0, 0.55)]
+    assert time_to_reach(curve, 0.5) == 25.0
+    assert time_to_reach(curve, 0.55) == 60.0
+    assert time_to_reach(curve, 0.6) is None
+    args = parse_args(["--steps_per_epoch", "3", "--plot", "x.png"])
+    assert (args.baseline_epochs, args.baseline_size, args.baseline_batch_size, args.eval_size) == (6, 96, 32, 96)
+    assert args.hparams_file.endswith("small_data.yaml") and args.plot == "x.png"

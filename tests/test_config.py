@@ -32,7 +32,7 @@ def test_auto_dataset_without_data_dir_uses_the_synthetic_config():
     assert config_lib.load_config(data_dir="/somewhere").train.epochs == 350
 
 
-@pytest.mark.parametrize("name", ["imagenet", "imagenet21k", "cifar10", "cifar100", "synthetic", "imagenette"])
+@pytest.mark.parametrize("name", ["imagenet", "imagenet21k", "cifar10", "cifar100", "synthetic", "small_data"])
 def test_every_named_file_loads(name):
     c = config_lib.apply_mapping(Config(), config_lib.read_yaml(config_lib.named_config_path(name)), source=name)
     config_lib.validate(c)
