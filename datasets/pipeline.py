@@ -67,13 +67,17 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
     pure function of (seed, epoch, input pipeline): building it again replays it exactly.
     """
     randaugment.check_magnitude(randaug_magnitude)
-    _, pipeline_id = ordering.pipelines(input_context)
+    num_pipelines, pipeline_id = ordering.pipelines(input_context)
     examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
                             input_context=input_context, image_size=image_size)
-    example_key = _stream_seed(seed, epoch, _EXAMPLE_STREAM, pipeline_id)
+    example_key = _stream_seed(seed, epoch, _EXAMPLE_STREAM)
 
     def preprocess(index, example):
-        example_seed = tf.random.experimental.stateless_fold_in(example_key, index)
+        # Keyed by the example's place in the shared order (pipelines take every num-th example), not
+        # by the pipeline: an example gets the same crop and RandAugment however many workers read,
+        # which is what lets a multi-worker run train on exactly the data of a single-device run.
+        global_index = index * num_pipelines + pipeline_id
+        example_seed = tf.random.experimental.stateless_fold_in(example_key, global_index)
         return train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
                              randaug_magnitude, randaug_num_layers)
 

@@ -1,10 +1,11 @@
 """Run by tests/test_distribute.py and tests/test_keras_compat.py in subprocesses.
 
-Usage: python -m tests.distributed_worker <mirrored|multiworker> <model_dir> <out.npz>
-trains the tiny model under a strategy (multiworker reads TF_CONFIG) and writes the final weights to
-out.npz. python -m tests.distributed_worker keras-canary <out.json> fits a plain Keras model under
-MultiWorkerMirroredStrategy without, then with, the workarounds of efficientnetv2.train.keras_compat and
-writes what each fit did to out.json. ``run_two_workers`` starts 2 such workers on localhost.
+Usage: python -m tests.distributed_worker equivalence-local <dir> <run,run,...> trains the same tiny
+run on one device and/or under MirroredStrategy over 2 logical CPUs (LOCAL_RUNS), and
+``equivalence-multiworker <dir> <index>`` as one of 2 MultiWorkerMirroredStrategy workers (TF_CONFIG),
+writing what tests/test_distribute.py compares to <dir>/<run>.npz. ``keras-canary <out.json>`` fits a
+plain Keras model under MultiWorkerMirroredStrategy without, then with, the workarounds of
+efficientnetv2.train.keras_compat and writes what each fit did to out.json. ``run_two_workers`` starts 2 such workers on localhost.
 """
 
 import json
@@ -61,25 +62,6 @@ def run_two_workers(args_of_worker, timeout=600):
     return results
 
 
-def train(kind, model_dir, out):
-    if kind == "mirrored":
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-        )
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    else:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    from efficientnetv2.train import training
-    from tests.training_helpers import tiny_config
-
-    config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 2, "model.synchronized_bn": True})
-    result = training.train(config, model_dir, strategy, verbose=0)
-    weights = {f"w{i}": np.array(w) for i, w in enumerate(result["model"].weights)}
-    np.savez(out, replicas=strategy.num_replicas_in_sync, epoch=result["epoch"], **weights)
-    print("DONE", strategy.num_replicas_in_sync, result["epoch"])
-
-
 def keras_canary(out):
     """Fits a plain Keras model three times: as is, with the symbolic build only, with both
     workarounds. Each fit's outcome ("trained" or the error's first line) goes to ``out``."""
@@ -116,8 +98,93 @@ def keras_canary(out):
     print("DONE", outcomes)
 
 
+def equivalence_config(synchronized_bn=True, precision="float32", **overrides):
+    """The tiny run the equivalence tests train under every strategy: 2 epochs of 3 steps over a stage
+    boundary, no dropout and no stochastic depth (their masks are drawn per replica, so they cannot
+    match a single device's draw: that is expected, not a bug), no mixup (it pairs examples within a
+    replica's batch)."""
+    from tests.training_helpers import tiny_config
+
+    settings = {"train.epochs": 2, "progressive.num_stages": 2, "model.drop_path_rate": 0.0,
+                "progressive.dropout_start": 0.0, "progressive.dropout_end": 0.0, "progressive.mixup_start": 0.0,
+                "progressive.mixup_end": 0.0, "model.synchronized_bn": synchronized_bn,
+                "train.mixed_precision": precision, "eval.steps": None, "eval.batch_size": 16}
+    settings.update(overrides)
+    return tiny_config(**settings)
+
+
+def _first_step_images(strategy, config):
+    """This worker's replicas' images of the run's first global step, in replica order."""
+    import datasets
+    from efficientnetv2.train import training
+
+    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    plan = training.make_plan(config, source, strategy.num_replicas_in_sync)
+    images, _ = next(iter(training._epoch_data(config, plan, source, strategy)(plan.stages[0], 0)))
+    return [np.array(x) for x in strategy.experimental_local_results(images)]
+
+
+def run_equivalence(strategy, model_dir, config):
+    """Trains ``config`` under ``strategy``, then evaluates the final checkpoint under it; returns the
+    arrays the tests compare (weights, EMA weights and optimizer variables by path, eval top-1, the
+    first step's images per replica)."""
+    import keras
+
+    from efficientnetv2.io import checkpointing
+    from efficientnetv2.train import training
+
+    result = training.train(config, model_dir, strategy, verbose=0)
+    model, optimizer = result["model"], result["optimizer"]
+    arrays = {f"weight:{w.path}": np.array(w) for w in model.weights}
+    arrays.update({f"ema:{path}": np.array(v) for path, v in checkpointing.ema_variables(model, optimizer).items()})
+    # Optimizer variables by position (a second optimizer in one process gets another name prefix).
+    arrays.update({f"slot:{i:04d}:{v.path.split('/', 1)[-1]}": np.array(v) for i, v in enumerate(optimizer.variables)})
+    evaluation = training.evaluate(config, model_dir, strategy)
+    arrays["eval_top1"] = np.array(evaluation["top1"])
+    arrays["replicas"] = np.array(strategy.num_replicas_in_sync)
+    for index, images in enumerate(_first_step_images(strategy, config)):
+        arrays[f"images:{index}"] = images
+    keras.config.set_dtype_policy("float32")
+    return arrays
+
+
+# The runs of ``equivalence-local``: (strategy, config overrides of equivalence_config).
+LOCAL_RUNS = {
+    "one": ("one", {}),
+    "mirrored": ("mirrored", {}),
+    "mirrored_unsynced": ("mirrored", {"synchronized_bn": False}),
+    "one_fp16": ("one", {"precision": "mixed_float16"}),
+    "mirrored_fp16": ("mirrored", {"precision": "mixed_float16"}),
+}
+
+
+def equivalence_local(work_dir, names):
+    """The named LOCAL_RUNS, on one device or under MirroredStrategy over 2 logical CPUs, in this
+    process; one ``<name>.npz`` each."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    strategies = {"one": tf.distribute.get_strategy(), "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+    for name in names:
+        kind, overrides = LOCAL_RUNS[name]
+        arrays = run_equivalence(strategies[kind], os.path.join(work_dir, name), equivalence_config(**overrides))
+        np.savez(os.path.join(work_dir, f"{name}.npz"), **arrays)
+    print("DONE", names)
+
+
+def equivalence_multiworker(work_dir, index):
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    arrays = run_equivalence(strategy, os.path.join(work_dir, "multiworker"), equivalence_config())
+    np.savez(os.path.join(work_dir, f"multiworker_{index}.npz"), **arrays)
+    print("DONE", strategy.num_replicas_in_sync)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "keras-canary":
         keras_canary(sys.argv[2])
+    elif sys.argv[1] == "equivalence-local":
+        equivalence_local(sys.argv[2], sys.argv[3].split(","))
+    elif sys.argv[1] == "equivalence-multiworker":
+        equivalence_multiworker(sys.argv[2], int(sys.argv[3]))
     else:
-        train(*sys.argv[1:4])
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}")

@@ -1,5 +1,8 @@
-"""tf.distribute on this CPU: MirroredStrategy over 2 logical devices, and MultiWorkerMirroredStrategy
-with 2 worker processes on localhost (TF_CONFIG, loopback ports)."""
+"""Distributed training gives the same model as one device: MirroredStrategy over 2 logical CPUs and
+MultiWorkerMirroredStrategy with 2 worker processes on localhost (TF_CONFIG, loopback ports) against
+one device, on the same data and global batch, over a stage boundary; and evaluation of the same
+checkpoint. The runs are in subprocesses (tests/distributed_worker.py): logical devices and the
+collective runtime are set once per process."""
 
 import json
 import subprocess
@@ -13,31 +16,97 @@ from efficientnetv2.train import distribute
 from tests.distributed_worker import ROOT, run_two_workers, worker_env
 
 
-def test_mirrored_over_two_logical_cpus(tmp_path):
-    out = tmp_path / "weights.npz"
+# Tolerances, derived. Every run trains the same examples with the same crops and RandAugment draws
+# (checked below), so the only difference is the order of floating-point sums: a replica computes its
+# half batch's gradient and the all-reduce adds the halves, where one device adds all 8 examples at
+# once. float32 rounds each sum to ~1e-7 relative (2**-23); RMSProp's step divides the gradient by
+# its running RMS, so a relative gradient error becomes the same relative error of a step of size
+# ~lr, and the 6 steps add up: differences of ~1e-7..1e-6 on weights of order 1 (measured: at most
+# 6e-7 for weights and batch-norm statistics, 2e-7 for EMA weights). 1e-5 leaves 10x room and is
+# still 4 orders of magnitude below what one real bug does: unsynchronized batch norm moves the
+# weights by ~0.3 (asserted, so this comparison can fail). mixed_float16 computes activations in
+# float16 (2**-10 ~ 1e-3 relative): measured 4e-4; tolerance 2e-3 (2 float16 ulps at 1.0).
+FLOAT32 = dict(rtol=1e-5, atol=1e-5)
+FLOAT16 = dict(rtol=2e-3, atol=2e-3)
+
+
+def _local(work_dir, names):
     result = subprocess.run(
-        [sys.executable, "-m", "tests.distributed_worker", "mirrored", str(tmp_path / "run"), str(out)],
-        env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "tests.distributed_worker", "equivalence-local", str(work_dir), ",".join(names)],
+        env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    data = np.load(out)
-    assert int(data["replicas"]) == 2 and int(data["epoch"]) == 2
-    assert all(np.isfinite(data[k]).all() for k in data.files if k.startswith("w"))
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint").exists()
+    return {name: dict(np.load(work_dir / f"{name}.npz")) for name in names}
 
 
-def test_multiworker_two_processes_end_with_identical_weights(tmp_path):
-    results = run_two_workers(lambda index: ["multiworker", str(tmp_path / "run"), str(tmp_path / f"w{index}.npz")])
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """One device, MirroredStrategy (2 logical CPUs) with synchronized and unsynchronized batch norm."""
+    return _local(tmp_path_factory.mktemp("local"), ["one", "mirrored", "mirrored_unsynced"])
+
+
+def _differences(a, b, prefix):
+    keys = sorted(k for k in a if k.startswith(prefix))
+    assert keys and keys == sorted(k for k in b if k.startswith(prefix)), prefix
+    return keys
+
+
+def assert_same_model(a, b, tolerance):
+    """Weights (batch-norm statistics included), EMA weights and optimizer variables agree."""
+    for prefix in ("weight:", "ema:", "slot:"):
+        for key in _differences(a, b, prefix):
+            np.testing.assert_allclose(b[key], a[key], err_msg=key, **tolerance)
+
+
+def _images(run):
+    return [run[k] for k in sorted(k for k in run if k.startswith("images:"))]
+
+
+def assert_replicas_split_the_global_batch(one, replicas):
+    """Each replica's part of the first global step is disjoint from the others', and together they are
+    the single device's batch: the same examples with the same augmentation."""
+    parts = [{image.tobytes() for image in part} for part in replicas]
+    assert all(len(part) == len(images) for part, images in zip(parts, replicas))
+    assert sum(len(p) for p in parts) == len(set().union(*parts)), "a replica read another's examples"
+    assert set().union(*parts) == {image.tobytes() for image in _images(one)[0]}
+
+
+def test_mirrored_with_synchronized_batch_norm_trains_the_single_device_model(local_runs):
+    one, mirrored = local_runs["one"], local_runs["mirrored"]
+    assert int(mirrored["replicas"]) == 2 and int(one["replicas"]) == 1
+    assert_same_model(one, mirrored, FLOAT32)
+    assert_replicas_split_the_global_batch(one, _images(mirrored))
+    # The same checkpoint evaluates alike (1,000 examples: the last global batch of 16 is uneven).
+    assert float(mirrored["eval_top1"]) == float(one["eval_top1"])
+
+
+def test_unsynchronized_batch_norm_differs_as_expected(local_runs):
+    one, unsynced = local_runs["one"], local_runs["mirrored_unsynced"]
+    moved = max(np.max(np.abs(unsynced[k] - one[k])) for k in _differences(one, unsynced, "weight:"))
+    assert moved > 100 * FLOAT32["atol"], moved  # Per-replica statistics: another model.
+
+
+def test_multiworker_trains_the_single_device_model(local_runs, tmp_path):
+    results = run_two_workers(lambda index: ["equivalence-multiworker", str(tmp_path), str(index)])
     for returncode, err in results:
         assert returncode == 0, err[-4000:]
-    a, b = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
-    assert int(a["replicas"]) == 2 and int(a["epoch"]) == 2
-    weight_keys = [k for k in a.files if k.startswith("w")]
-    for key in weight_keys:
-        np.testing.assert_array_equal(a[key], b[key])
+    one = local_runs["one"]
+    workers = [dict(np.load(tmp_path / f"multiworker_{index}.npz")) for index in range(2)]
+    for worker in workers:
+        assert int(worker["replicas"]) == 2
+        assert_same_model(one, worker, FLOAT32)
+        assert float(worker["eval_top1"]) == float(one["eval_top1"])
+    assert_replicas_split_the_global_batch(one, [_images(worker)[0] for worker in workers])
     # Only the chief wrote the checkpoint; the other worker's temporary folder is gone.
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint").exists()
-    assert not any(p.name.startswith(".worker-") for p in (tmp_path / "run").iterdir())
+    assert (tmp_path / "multiworker" / "checkpoints" / "checkpoint").exists()
+    assert not any(p.name.startswith(".worker-") for p in (tmp_path / "multiworker").iterdir())
+
+
+@pytest.mark.slow
+def test_mirrored_mixed_float16_with_loss_scaling_trains_the_single_device_model(tmp_path):
+    runs = _local(tmp_path, ["one_fp16", "mirrored_fp16"])
+    assert_same_model(runs["one_fp16"], runs["mirrored_fp16"], FLOAT16)
+    assert float(runs["mirrored_fp16"]["eval_top1"]) == float(runs["one_fp16"]["eval_top1"])
 
 
 def test_strategy_names():

@@ -86,3 +86,25 @@ def test_keras_progbar_header_still_counts_the_fit_call(capsys):
     out = capsys.readouterr().out
     assert out.count("Epoch") == 1 and out.startswith(header + "\n"), out
     assert "2/2" in out  # Keras' bar itself still runs under the header.
+
+
+def _conv_bn():
+    return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
+                             keras.layers.BatchNormalization()])
+
+
+def test_tensorflow_still_fails_on_an_empty_batch_through_conv_and_batch_norm():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Incompatible shapes: \[8\] vs. \[0,4,4,3\]"):
+        _conv_bn().predict_on_batch(np.zeros((0, 4, 4, 3), "float32"))
+
+
+def test_evaluation_skips_an_empty_batch_and_keeps_the_metrics():
+    model = _conv_bn()
+    model.compile(loss="mse", metrics=["mae"])
+    keras_compat.skip_empty_batches_in_evaluation(model)
+    x, y = np.ones((2, 4, 4, 3), "float32"), np.zeros((2, 4, 4, 8), "float32")
+    model.test_on_batch(x, y)  # Builds the test function; then one full and one empty step on it.
+    step = model.make_test_function()
+    full = step(iter([(x, y)]))
+    empty = step(iter([(x[:0], y[:0])]))
+    assert {k: float(v) for k, v in empty.items()} == pytest.approx({k: float(v) for k, v in full.items()})

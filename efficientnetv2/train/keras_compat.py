@@ -10,6 +10,9 @@ and the workaround can then go.
 - ``KeepTrainingWeightsAtEndOfFit``: ``fit`` ends by overwriting the weights with their EMA; mixed
   into the project's optimizers.
 - ``EpochProgbar``: the progress bar's header when ``fit`` trains one epoch of a longer run.
+- ``skip_empty_batches_in_evaluation``: a replica given an empty batch (the uneven end of an
+  evaluation under a strategy with several replicas) fails inside the model; applied to every model
+  the trainer compiles (it costs one branch per evaluation step).
 """
 
 import sys
@@ -17,7 +20,8 @@ import sys
 import keras
 
 __all__ = ["multi_worker", "fix_multi_worker_fit", "build_compiled_from_symbolic_batch",
-           "give_logs_a_batch_axis", "KeepTrainingWeightsAtEndOfFit", "EpochProgbar"]
+           "give_logs_a_batch_axis", "KeepTrainingWeightsAtEndOfFit", "EpochProgbar",
+           "skip_empty_batches_in_evaluation"]
 
 
 def multi_worker(strategy):
@@ -126,3 +130,27 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
             sys.stdout.write(self.header + "\n")
             sys.stdout.flush()
         super().on_epoch_begin(epoch, logs)
+
+
+def skip_empty_batches_in_evaluation(model):
+    """Makes ``model.test_step`` skip a batch of 0 examples (it returns the metrics as they are).
+
+    Found with TensorFlow 2.21 / Keras 3.15.1: under MirroredStrategy (and MultiWorkerMirroredStrategy)
+    ``evaluate`` over data whose size is not a multiple of the global batch hands the replicas without
+    examples left an empty batch, and a convolution followed by batch normalization fails on it inside
+    ``tf.function``: "Incompatible shapes: [8] vs. [0,48,48,3] [[{{node replica_1/.../stem_bn_1/
+    batchnorm/mul_1}}]]" (the empty convolution output keeps its input's channels). Eagerly, and a
+    batch-norm layer alone, are fine. Upstream: no issue found as of 2026-12-02. Apply it before
+    ``fix_multi_worker_fit`` (whose log reshaping then wraps this step).
+    """
+    import tensorflow as tf  # noqa: PLC0415 (only the TensorFlow trainer asks)
+
+    step = model.test_step
+
+    def test_step(data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        size = tf.shape(tf.nest.flatten(x)[0])[0]
+        return tf.cond(size > 0, lambda: step(data), model.get_metrics_result)
+
+    model.test_step = test_step
+    return model

@@ -175,6 +175,7 @@ def _compile(config, plan, model):
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
     optimizer.build(model.trainable_variables)
+    keras_compat.skip_empty_batches_in_evaluation(model)
     keras_compat.fix_multi_worker_fit(model, tf.distribute.get_strategy(), data_batch=(
         keras.KerasTensor((1, 32, 32, 3), "float32"),
         keras.KerasTensor((1, plan.num_classes), "float32"),
