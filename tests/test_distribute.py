@@ -24,7 +24,7 @@ from tests.distributed_worker import ROOT, run_two_workers, worker_env
 # ~lr, and the 6 steps add up: differences of ~1e-7..1e-6 on weights of order 1 (measured: at most
 # 6e-7 for weights and batch-norm statistics, 2e-7 for EMA weights). 1e-5 leaves 10x room and is
 # still 4 orders of magnitude below what one real bug does: unsynchronized batch norm moves the
-# weights by ~0.3 (asserted, so this comparison can fail). mixed_float16 computes activations in
+# weights by ~0.3 (asserted in the slow set, so this comparison can fail). mixed_float16 computes activations in
 # float16 (2**-10 ~ 1e-3 relative): measured 4e-4; tolerance 2e-3 (2 float16 ulps at 1.0).
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 FLOAT16 = dict(rtol=2e-3, atol=2e-3)
@@ -41,8 +41,8 @@ def _local(work_dir, names):
 
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory):
-    """One device, MirroredStrategy (2 logical CPUs) with synchronized and unsynchronized batch norm."""
-    return _local(tmp_path_factory.mktemp("local"), ["one", "mirrored", "mirrored_unsynced"])
+    """One device, and MirroredStrategy (2 logical CPUs) with synchronized batch norm."""
+    return _local(tmp_path_factory.mktemp("local"), ["one", "mirrored"])
 
 
 def _differences(a, b, prefix):
@@ -80,8 +80,10 @@ def test_mirrored_with_synchronized_batch_norm_trains_the_single_device_model(lo
     assert float(mirrored["eval_top1"]) == float(one["eval_top1"])
 
 
-def test_unsynchronized_batch_norm_differs_as_expected(local_runs):
-    one, unsynced = local_runs["one"], local_runs["mirrored_unsynced"]
+@pytest.mark.slow
+def test_unsynchronized_batch_norm_differs_as_expected(tmp_path):
+    runs = _local(tmp_path, ["one", "mirrored_unsynced"])
+    one, unsynced = runs["one"], runs["mirrored_unsynced"]
     moved = max(np.max(np.abs(unsynced[k] - one[k])) for k in _differences(one, unsynced, "weight:"))
     assert moved > 100 * FLOAT32["atol"], moved  # Per-replica statistics: another model.
 
