@@ -130,6 +130,7 @@ def run_equivalence(strategy, model_dir, config):
     first step's images per replica)."""
     import keras
 
+    import datasets
     from efficientnetv2.io import checkpointing
     from efficientnetv2.train import training
 
@@ -139,7 +140,11 @@ def run_equivalence(strategy, model_dir, config):
     arrays.update({f"ema:{path}": np.array(v) for path, v in checkpointing.ema_variables(model, optimizer).items()})
     # Optimizer variables by position (a second optimizer in one process gets another name prefix).
     arrays.update({f"slot:{i:04d}:{v.path.split('/', 1)[-1]}": np.array(v) for i, v in enumerate(optimizer.variables)})
-    evaluation = training.evaluate(config, model_dir, strategy)
+    # The final checkpoint's model, evaluated as training.evaluate does (EMA weights, the eval size),
+    # without building it anew.
+    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    evaluation = training._evaluate_model(model, optimizer, strategy, source, result["plan"], config.eval)
+    assert evaluation["ema"]
     arrays["eval_top1"] = np.array(evaluation["top1"])
     arrays["replicas"] = np.array(strategy.num_replicas_in_sync)
     for index, images in enumerate(_first_step_images(strategy, config)):

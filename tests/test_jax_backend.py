@@ -36,9 +36,10 @@ SCRIPT = textwrap.dedent(
     changed = any(not np.allclose(a, np.array(b)) for a, b in zip(before, model.trainable_weights))
     print("JAX_OK", float(loss), changed)
 
-    # benchmarks/gpu_train_throughput.py end to end at a tiny size, in the same process (one JAX start).
+    # benchmarks/gpu_train_throughput.py end to end at a tiny size, in the same process (one JAX start);
+    # one batch size (its search from a memory estimate is tested in tests/test_gpu_benchmark.py).
     sys.argv = ["gpu_train_throughput.py", "--variants", "s", "--image_size", "32",
-                "--start_batch", "2", "--max_batch", "4", "--steps", "2", "--warmup", "1", "--num_classes", "5",
+                "--batch_sizes", "4", "--steps", "2", "--warmup", "1", "--num_classes", "5",
                 "--blocks", "r1_k3_s2_e1_i8_o8_c1,r1_k3_s1_e2_i8_o8_se0.25", "--head_filters", "16",
                 "--peak_matmul_size", "128"]
     runpy.run_path("benchmarks/gpu_train_throughput.py", run_name="__main__")
