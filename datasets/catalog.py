@@ -31,7 +31,8 @@ def detect(data_dir: str) -> str:
 def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
                num_classes: Optional[int] = None,
                synthetic_train_examples: int = 10_000,
-               synthetic_eval_examples: int = 1_000) -> Source:
+               synthetic_eval_examples: int = 1_000,
+               count_cache_dir: Optional[str] = None) -> Source:
     """The data source `dataset` (one of DATASETS) reading `data_dir`.
 
     "auto": synthetic when data_dir is None, else what `detect(data_dir)` finds.
@@ -39,6 +40,8 @@ def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
     1000/21843 when the folder has no labels.txt.  "tfds:<name>": a TFDS dataset prepared in
     data_dir.  Everything is checked here, before any model work: a missing or empty folder,
     shards that are not there, an unknown name all raise FileNotFoundError or ValueError.
+    `count_cache_dir`: where TFRecord record counts are cached (the run folder), see
+    `TFRecordSource.num_examples`.
     """
     if dataset == "auto":
         dataset = "synthetic" if data_dir is None else detect(data_dir)
@@ -57,4 +60,4 @@ def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
     if dataset == "folder":
         return folder.FolderSource(data_dir)
     return tfrecord.TFRecordSource(data_dir, multi_label=dataset == "imagenet21k",
-                                   num_classes=num_classes)
+                                   num_classes=num_classes, count_cache_dir=count_cache_dir)

@@ -12,6 +12,7 @@ counted before; the trainer fills its steps by repeating the epoch from its star
 count.  Healthy shards are read exactly as before: the same records in the same order.
 """
 
+import json
 import os
 from typing import Callable, List, Optional
 
@@ -28,6 +29,11 @@ _READ_BUFFER = 8 << 20
 _FRAMING_BYTES = 16  # per record on disk: its length (8 bytes), the length's CRC (4), the data's CRC (4)
 
 _PATTERNS = {"train": records.TRAIN_PATTERN, "eval": records.EVAL_PATTERN}
+
+# The standard ImageNet-1k TFRecord layout (the reference release's and TFDS' conversion): with exactly
+# these shard names its record counts are known, and start-up reads no record to count them.
+IMAGENET_LAYOUT = {"train": (1024, 1_281_167), "validation": (128, 50_000)}
+COUNT_CACHE_FILENAME = "data_counts.json"
 
 
 def find_shards(data_dir: str, pattern: str) -> List[str]:
@@ -105,8 +111,9 @@ class TFRecordSource(Source):
     """Shards `train-*` and `validation-*` in `data_dir`, ImageNet or ImageNet-21k format."""
 
     def __init__(self, data_dir: str, multi_label: bool = False, num_classes: Optional[int] = None,
-                 shuffle_block: int = ordering.SHUFFLE_BLOCK):
+                 shuffle_block: int = ordering.SHUFFLE_BLOCK, count_cache_dir: Optional[str] = None):
         self.data_dir = data_dir
+        self.count_cache_dir = count_cache_dir
         self.multi_label = multi_label
         self.name = "imagenet21k" if multi_label else "imagenet"
         self.shuffle_block = shuffle_block
@@ -133,12 +140,52 @@ class TFRecordSource(Source):
         self._counts = records.read_counts_file(data_dir) or {}
 
     def num_examples(self, split: str) -> int:
+        """Records of a split, read from the first of: ``num_examples.json`` in the data folder, the
+        standard ImageNet-1k layout, a count cached in ``count_cache_dir`` (the run folder: the data
+        folder may be read-only or remote) for these very shards, or one count of every record, then
+        cached there. Start-up does not grow with the number of records after the first."""
         key = "validation" if check_split(split) == "eval" else "train"
         if key not in self._counts:
-            logging.info("counting %s records in %d shards of %s (once)", key,
-                         len(self._files[split]), self.data_dir)
-            self._counts[key] = count_records(self._files[split])
+            self._counts[key] = self._known_count(key, self._files[split]) or self._cached_count(key, split)
         return self._counts[key]
+
+    def _known_count(self, key: str, files: List[str]) -> Optional[int]:
+        shards, count = IMAGENET_LAYOUT[key]
+        names = [os.path.basename(f) for f in files]
+        if self.multi_label or names != [records.shard_name(key, i, shards) for i in range(shards)]:
+            return None
+        logging.info("%s: %d records (the standard ImageNet-1k layout of %d shards; not counted)",
+                     key, count, shards)
+        return count
+
+    def _cached_count(self, key: str, split: str) -> int:
+        files = self._files[split]
+        # The cache holds the shards it counted, by name and size: other shards, another count.
+        fingerprint = [[os.path.basename(f), tf.io.gfile.stat(f).length] for f in files]
+        path = os.path.join(self.count_cache_dir, COUNT_CACHE_FILENAME) if self.count_cache_dir else None
+        cache = {}
+        if path and tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                cache = json.load(f)
+            entry = cache.get(self.data_dir, {}).get(key)
+            if entry and entry.get("shards") == fingerprint:
+                logging.info("%s: %d records (counted before, cached in %s)", key, entry["count"], path)
+                return int(entry["count"])
+        logging.info("counting %s records in %d shards of %s (once%s)", key, len(files), self.data_dir,
+                     f"; cached in {path}" if path else "")
+        count = count_records(files)
+        if path:
+            cache.setdefault(self.data_dir, {})[key] = {"count": count, "shards": fingerprint}
+            tmp = f"{path}.tmp-{os.getpid()}"  # Several workers may write the same cache.
+            try:
+                tf.io.gfile.makedirs(self.count_cache_dir)
+                with tf.io.gfile.GFile(tmp, "w") as f:
+                    json.dump(cache, f)
+                tf.io.gfile.rename(tmp, path, overwrite=True)
+            except (OSError, tf.errors.OpError) as e:  # The cache only saves time; the count stands.
+                logging.warning("Could not cache the record count in %s (%s); the next start counts "
+                                "again.", path, str(e).splitlines()[0][:200])
+        return count
 
     def examples(self, split: str, *, seed: Optional[tf.Tensor] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,

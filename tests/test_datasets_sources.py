@@ -217,3 +217,43 @@ def test_split_names_are_checked():
     with pytest.raises(ValueError, match=r"unknown split 'validation'; expected one of \['train', 'eval'\]"):
         datasets.get_source().num_examples("validation")
 
+
+
+def test_record_counts_are_cached_in_the_run_folder_and_recounted_when_shards_change(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from datasets import tfrecord
+
+    root = make_imagenet_dir(str(tmp_path / "data"), train=12, validation=5, num_shards=2)
+    run = str(tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 12
+    assert "counting train records" in caplog.text and os.path.isfile(os.path.join(run, "data_counts.json"))
+
+    def refuse(files):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(tfrecord, "count_records", refuse)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # A restart: the count comes from the run folder, no record read.
+        assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 12
+    assert "counted before, cached in" in caplog.text
+    monkeypatch.undo()
+    shard = os.path.join(root, "train-00001-of-00002")
+    os.remove(shard)  # Other shards: the cache does not apply, they are counted.
+    assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 6
+
+
+def test_the_standard_imagenet_layout_is_not_counted(tmp_path, monkeypatch):
+    from datasets import tfrecord
+
+    for split, (shards, _) in tfrecord.IMAGENET_LAYOUT.items():
+        for index in range(shards):
+            open(os.path.join(tmp_path, records.shard_name(split, index, shards)), "wb").close()
+
+    def refuse(files):
+        raise AssertionError("counted")
+
+    monkeypatch.setattr(tfrecord, "count_records", refuse)
+    source = datasets.get_source("imagenet", str(tmp_path))
+    assert (source.num_examples("train"), source.num_examples("eval")) == (1_281_167, 50_000)

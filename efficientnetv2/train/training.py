@@ -355,7 +355,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     device = distribute.device_kind(strategy)
     chief = distribute.is_chief(strategy)
     # Everything that can fail on bad input fails here, before the model is built.
-    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
     if chief:
         _check_model_dir(model_dir)
@@ -560,7 +560,7 @@ class _ValidationScalars:
 def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
     """Evaluates a checkpoint (latest, or ``checkpoint_path``) with EMA weights at the eval size."""
     strategy = strategy or tf.distribute.get_strategy()
-    source = datasets.get_source(config.data.dataset, config.data.data_dir)
+    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, distribute.device_kind(strategy))
     with _restored_dtype_policy():
         return _evaluate_checkpoint(config, model_dir, strategy, checkpoint_path, source, plan)
