@@ -681,7 +681,7 @@ def predict_files(config, model_dir, images, checkpoint_path=None):
     """
     images = list(images)
     size = eval_image_size(config)
-    max_bytes = int(getattr(config.eval, "max_image_mb", 64)) * 2**20
+    max_bytes = config.eval.max_image_mb * 2**20
     pixels, errors = [], []
     for path in images:
         try:

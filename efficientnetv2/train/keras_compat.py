@@ -11,8 +11,8 @@ and the workaround can then go.
   into the project's optimizers.
 - ``EpochProgbar``: the progress bar's header when ``fit`` trains one epoch of a longer run.
 - ``skip_empty_batches_in_evaluation``: a replica given an empty batch (the uneven end of an
-  evaluation under a strategy with several replicas) fails inside the model; applied to every model
-  the trainer compiles (it costs one branch per evaluation step).
+  evaluation under a strategy with several replicas) fails inside the model; applied to the models
+  the trainer compiles under such a strategy (one device never gets an empty batch).
 """
 
 import sys

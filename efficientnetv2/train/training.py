@@ -60,7 +60,6 @@ class Plan:
     class_names: object
     multi_label: bool
     stages: list
-    bounds: list
     eval_size: int
     global_batch: int
     steps_per_epoch: int
@@ -105,7 +104,6 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
                         "(every stage needs at least one epoch).", num_stages, epochs, epochs)
         num_stages = epochs
     stages = [schedules.stage_params(i, num_stages, pspec) for i in range(num_stages)]
-    bounds = schedules.stage_epochs(epochs, num_stages)
     eval_size = config.eval.image_size or spec.eval_size
     config_lib.validate(
         config,
@@ -131,7 +129,6 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         class_names=source.class_names,
         multi_label=bool(source.multi_label),
         stages=stages,
-        bounds=bounds,
         eval_size=eval_size,
         global_batch=global_batch,
         steps_per_epoch=int(steps),
@@ -175,8 +172,10 @@ def _compile(config, plan, model):
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
     optimizer.build(model.trainable_variables)
-    keras_compat.skip_empty_batches_in_evaluation(model)
-    keras_compat.fix_multi_worker_fit(model, tf.distribute.get_strategy(), data_batch=(
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:  # Only replicas can be handed an empty batch.
+        keras_compat.skip_empty_batches_in_evaluation(model)
+    keras_compat.fix_multi_worker_fit(model, strategy, data_batch=(
         keras.KerasTensor((1, 32, 32, 3), "float32"),
         keras.KerasTensor((1, plan.num_classes), "float32"),
     ))
@@ -200,17 +199,13 @@ def _setup_precision_and_seed(config, plan):
         tf.config.experimental.enable_op_determinism()
 
 
-def _has_checkpoint(model_dir):
-    return bool(tf.io.gfile.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
-
-
 def _check_config(config, model_dir, allow_config_change):
     """Refuses to resume a run with another config (unless allowed). A ``config.yaml`` without any
     checkpoint is left by an attempt that failed before it trained: this command starts the run anew."""
     path = os.path.join(model_dir, "config.yaml")
     if not tf.io.gfile.exists(path):
         return
-    if not _has_checkpoint(model_dir):
+    if not checkpointing.checkpoint_candidates(os.path.join(model_dir, "checkpoints")):
         logging.info("%s is from an attempt that saved no checkpoint; this command's config replaces it.", path)
         return
     with tf.io.gfile.GFile(path) as f:
