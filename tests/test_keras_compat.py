@@ -3,6 +3,7 @@ workaround exists for and asserts that it still happens. When one fails, Keras c
 the workaround is still needed and remove it if not (and its canary with it)."""
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -95,9 +96,17 @@ def _conv_bn():
                              keras.layers.BatchNormalization()])
 
 
-def test_tensorflow_still_fails_on_an_empty_batch_through_conv_and_batch_norm():
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Incompatible shapes: \[8\] vs. \[0,4,4,3\]"):
-        _conv_bn().predict_on_batch(np.zeros((0, 4, 4, 3), "float32"))
+def test_an_empty_batch_through_conv_and_batch_norm_fails_as_known_or_gives_an_empty_output():
+    """Canary for ``skip_empty_batches_in_evaluation``. Whether TensorFlow 2.21 fails here depends on
+    the machine: it failed (the error below) on the one the workaround was written on and returns an
+    empty output on an AMD EPYC (AVX2, no AVX-512) one. The workaround stays while any machine
+    fails; anything other than these two outcomes is a new behaviour to look at."""
+    try:
+        out = _conv_bn().predict_on_batch(np.zeros((0, 4, 4, 3), "float32"))
+    except tf.errors.InvalidArgumentError as error:
+        assert re.search(r"Incompatible shapes: \[8\] vs. \[0,4,4,3\]", str(error)), error
+    else:
+        assert out.shape == (0, 4, 4, 8)
 
 
 def test_evaluation_skips_an_empty_batch_and_keeps_the_metrics():
