@@ -119,6 +119,22 @@ def test_strategy_names():
     assert distribute.is_chief(tf.distribute.get_strategy())
 
 
+def test_auto_picks_tpu_when_named_or_on_a_tpu_vm(monkeypatch, tmp_path):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(distribute, "TPU_DEVICE_PATTERNS", (str(tmp_path / "accel[0-9]*"),))
+    assert distribute.resolve_name("auto") == "cpu"
+    assert distribute.resolve_name("auto", tpu="my-tpu") == "tpu"
+    monkeypatch.setenv("TPU_NAME", "my-tpu")
+    assert distribute.resolve_name("auto") == "tpu"
+    monkeypatch.delenv("TPU_NAME")
+    (tmp_path / "accel0").touch()  # A TPU VM's chip.
+    assert distribute.on_tpu_vm() and distribute.resolve_name("auto") == "tpu"
+    (tmp_path / "accel0").unlink()
+    (tmp_path / "accelerometer").touch()  # Not a TPU chip's device file.
+    assert distribute.resolve_name("auto") == "cpu"
+
+
 def test_auto_picks_multiworker_from_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
                                                 "task": {"type": "worker", "index": 0}}))

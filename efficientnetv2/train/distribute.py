@@ -6,9 +6,13 @@
 - ``multiworker``: ``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``.
 - ``cpu``: the default strategy (one replica).
 - ``auto``: ``multiworker`` when ``TF_CONFIG`` names more than one worker, else ``tpu`` when a TPU is
-  named, else ``gpus`` when GPUs are visible, else ``cpu``.
+  named (``--tpu`` or the ``TPU_NAME`` environment variable, which TensorFlow's resolver reads) or this
+  is a TPU VM (its chips' device files, ``/dev/accel*`` up to v4, ``/dev/vfio/<n>`` from v5, exist),
+  else ``gpus`` when GPUs are visible, else ``cpu``. TensorFlow's resolver also asks the GCE metadata
+  server for a TPU; ``auto`` does not, so that starting on a machine without network stays instant.
 """
 
+import glob
 import json
 import os
 
@@ -27,6 +31,15 @@ def _tf_config_workers():
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+# The device files of a TPU VM's own chips: /dev/accel0.. (v2-v4), /dev/vfio/0.. (v5e, v5p, v6e).
+TPU_DEVICE_PATTERNS = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def on_tpu_vm():
+    """True on a TPU VM: the host's TPU chips are local devices (``TPUClusterResolver(tpu="local")``)."""
+    return any(glob.glob(pattern) for pattern in TPU_DEVICE_PATTERNS)
+
+
 def resolve_name(name, tpu=""):
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
@@ -34,7 +47,7 @@ def resolve_name(name, tpu=""):
         return name
     if _tf_config_workers() > 1:
         return "multiworker"
-    if tpu:
+    if tpu or os.environ.get("TPU_NAME") or on_tpu_vm():
         return "tpu"
     if tf.config.list_physical_devices("GPU"):
         return "gpus"
@@ -45,6 +58,9 @@ def get_strategy(name="auto", tpu=""):
     """The strategy for ``name`` (see module docstring)."""
     name = resolve_name(name, tpu)
     if name == "tpu":
+        # Named (--tpu or TPU_NAME): the resolver finds it; otherwise the chips of this TPU VM.
+        if not tpu and not os.environ.get("TPU_NAME") and on_tpu_vm():
+            tpu = "local"
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
