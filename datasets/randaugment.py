@@ -1,34 +1,60 @@
-"""RandAugment (Cubuk et al., 2020) as stateless graph-mode TensorFlow ops.
+"""RandAugment (Cubuk et al., 2020) in the units of the EfficientNetV2 reference release, as
+stateless graph-mode TensorFlow ops.
 
 `randaugment(image, seed, magnitude, num_layers)` applies `num_layers` ops, each drawn uniformly
-(with replacement) from the 14 below and always applied, at strength `magnitude` (m, 0-30).
-Images are float32 [H, W, 3] in [0, 255] and stay in that range (ops that can overshoot clip).
-All randomness (op choice, sign) comes from `seed`, so the same seed gives the same image.
+(with replacement) from the 16 below and always applied, at magnitude m.  Images are float32
+[H, W, 3] in [0, 255] and stay in that range.  All randomness (op choice, sign, cutout position)
+comes from `seed`, so the same seed gives the same image.
 
-The magnitude scale is the paper's (EfficientNetV2 trains S with m 5 -> 15, L up to 25): m = 10
-is AutoAugment's full range for the open-ended ops, which grow linearly beyond it; ops with a
-natural end reach it at m = MAX_MAGNITUDE = 30 (f = m / 30). m = 0 leaves every op the identity.
-"+-" is a random sign.
+The ops and their parameters are the reference's (google/automl `efficientnetv2/autoaugment.py`,
+`_MAX_LEVEL = 10`), so the paper's magnitudes (S 5 -> 15, M 5 -> 20, L 5 -> 25) mean what they
+meant there.  m = 10 is a unit, not a maximum: m is not clipped and most ops keep strengthening
+beyond it (`check_magnitude` accepts 0 to MAX_MAGNITUDE = 30).  "+-" is a random sign.
 
-| op            | at magnitude m                                   | m = 5      | m = 15     |
-|---------------|--------------------------------------------------|------------|------------|
-| identity      | no change                                        |            |            |
-| auto_contrast | blend(image, per-channel min-max stretch, f)     | 17 %       | 50 %       |
-| equalize      | blend(image, per-channel histogram equalize, f)  | 17 %       | 50 %       |
-| rotate        | +-3 m degrees about the center                   | +-15 deg   | +-45 deg   |
-| solarize      | invert pixels >= 256 (1 - f)                     | >= 213     | >= 128     |
-| color         | saturation factor max(0, 1 +- 0.09 m)            | 0.55/1.45  | 0/2.35     |
-| posterize     | drop round(4 f) low bits                         | 1 bit      | 2 bits     |
-| contrast      | contrast factor max(0, 1 +- 0.09 m)              | 0.55/1.45  | 0/2.35     |
-| brightness    | brightness factor max(0, 1 +- 0.09 m)            | 0.55/1.45  | 0/2.35     |
-| sharpness     | sharpness factor max(0, 1 +- 0.09 m) (PIL's)     | 0.55/1.45  | 0/2.35     |
-| shear_x/y     | shear +-0.03 m about the center                  | +-0.15     | +-0.45     |
-| translate_x/y | shift +-min(0.045 m, 1) of the width/height      | +-22 %     | +-67 %     |
+| op            | parameter at magnitude m                          | m = 5        | m = 15         |
+|---------------|---------------------------------------------------|--------------|----------------|
+| auto_contrast | per-channel min-max stretch, full whatever m      | full         | full           |
+| equalize      | per-channel histogram equalization, full          | full         | full           |
+| invert        | 255 - x, full                                     | full         | full           |
+| rotate        | +-(m / 10 * 30) degrees about the center          | +-15 deg     | +-45 deg       |
+| posterize     | keep int(m / 10 * 4) bits (see below)             | 2 bits       | 6 bits         |
+| solarize      | invert x >= int(m / 10 * 256) (wraps, see below)  | x >= 128     | x >= 128 (384) |
+| color         | saturation factor m / 10 * 1.8 + 0.1              | 1.0 (none)   | 2.8            |
+| contrast      | contrast factor m / 10 * 1.8 + 0.1 (see below)    | 1.0 (none)   | 2.8            |
+| brightness    | brightness factor m / 10 * 1.8 + 0.1              | 1.0 (none)   | 2.8            |
+| sharpness     | sharpness factor m / 10 * 1.8 + 0.1               | 1.0 (none)   | 2.8            |
+| shear_x/y     | +-(m / 10 * 0.3) about the top-left corner        | +-0.15       | +-0.45         |
+| translate_x/y | +-(m / 10 * 100) pixels, whatever the image size  | +-50 px      | +-150 px       |
+| cutout        | gray square of side 2 * int(m / 10 * 40)          | 40 px        | 120 px         |
+| solarize_add  | add int(m / 10 * 110) to x < 128, clip at 255     | +55          | +165           |
 
-Geometric ops fill uncovered pixels with gray 128 and sample the nearest pixel (as the reference;
-bilinear sampling costs twice as much); translations are rounded to whole pixels.  Translation is
-a fraction of the image (the reference's 100 px at m = 10 on 224 px images), so small
-early-stage images are not shifted harder than large ones.
+Not monotonic in m, as in the reference: the enhance factors pass through 1 (no change) at m = 5
+and are strong at m = 0 (0.1: nearly gray, flat or black), Solarize weakens from m = 0 (every
+pixel inverted) towards m = 10, and Posterize keeps more bits as m grows (all 8 at m = 20).  So
+m = 0 is not the identity here; `datasets/pipeline.py` skips RandAugment at a magnitude of 0
+(a switch it reads as "off"), and num_layers = 0 turns it off too.
+
+Three behaviours of the reference come from its uint8 arithmetic.  All three are reproduced,
+because the paper's magnitudes were chosen with them and a user reading "m = 15" must get the
+augmentation the paper trained with:
+- Solarize compares the uint8 image with the threshold in uint8, so the threshold wraps modulo
+  256: m = 10 and m = 20 invert every pixel, m = 15 and m = 25 act like m = 5.  The only "fix"
+  that keeps the formula (a threshold capped at 256) would make Solarize the identity for every
+  m >= 10, i.e. change the strength of the paper's later stages; so the wrap stays.
+- Contrast blends towards a constant gray of min(H * W / 256, 255) (the pixel count of its
+  histogram / 256), not the image's mean gray as PIL does: at the paper's sizes a 128 px image
+  is pulled towards 64, 224 px towards 196, 300 px and larger towards 255 (m = 15 at 300 px
+  then blackens everything below about 164).  A bug, but the one the paper's numbers were
+  measured with; the size dependence is part of what its progressive stages trained on, so it
+  is reproduced (`contrast`), not fixed.  Test: test_contrast_blends_towards_pixel_count_gray.
+- Posterize shifts by 8 - bits in uint8, and TensorFlow clamps a shift to 7: 0 bits (m < 2.5)
+  and more than 8 bits (m >= 22.5, the paper's L at m = 25) keep 1 bit; 8 bits (m = 20 to 22.4)
+  change nothing.
+
+Differences that do not change an op's strength: the reference rounds to uint8 after every op
+(truncating); here values stay float32, so they differ by less than one level.  Geometric ops
+sample the nearest pixel and fill uncovered pixels with gray 128, as the reference; translations
+are rounded to whole pixels (as nearest sampling does).
 """
 
 import math
@@ -36,8 +62,62 @@ from typing import Callable, Dict
 
 import tensorflow as tf
 
-MAX_MAGNITUDE = 30.0
+MAX_LEVEL = 10.0  # The reference's _MAX_LEVEL: the unit of m, not a maximum.
+MAX_MAGNITUDE = 30.0  # The largest m `check_magnitude` accepts (the reference suggests 5-30).
 FILL_VALUE = 128.0
+
+
+# -- Magnitude m -> each op's parameter (the table in the module docstring). --------------------
+
+def _level(m, scale: float) -> tf.Tensor:
+    """m / 10 * scale, computed in float64 as the reference computes it in Python floats (so
+    int() of it truncates at the same places)."""
+    return tf.cast(m, tf.float64) / MAX_LEVEL * scale
+
+
+def _truncated(m, scale: float) -> tf.Tensor:
+    return tf.cast(tf.floor(_level(m, scale)), tf.float32)
+
+
+def rotate_degrees(m) -> tf.Tensor:
+    return tf.cast(_level(m, 30.0), tf.float32)
+
+
+def posterize_bits(m) -> tf.Tensor:
+    return _truncated(m, 4.0)
+
+
+def solarize_threshold(m) -> tf.Tensor:
+    return _truncated(m, 256.0)
+
+
+def solarize_addition(m) -> tf.Tensor:
+    return _truncated(m, 110.0)
+
+
+def enhance_factor(m) -> tf.Tensor:
+    return tf.cast(_level(m, 1.8) + 0.1, tf.float32)
+
+
+def shear_amount(m) -> tf.Tensor:
+    return tf.cast(_level(m, 0.3), tf.float32)
+
+
+def translate_pixels(m) -> tf.Tensor:
+    return tf.cast(_level(m, 100.0), tf.float32)
+
+
+def cutout_half_size(m) -> tf.Tensor:
+    return _truncated(m, 40.0)
+
+
+PARAMETERS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "rotate": rotate_degrees, "posterize": posterize_bits, "solarize": solarize_threshold,
+    "color": enhance_factor, "contrast": enhance_factor, "brightness": enhance_factor,
+    "sharpness": enhance_factor, "shear_x": shear_amount, "shear_y": shear_amount,
+    "translate_x": translate_pixels, "translate_y": translate_pixels,
+    "cutout": cutout_half_size, "solarize_add": solarize_addition,
+}  # auto_contrast, equalize and invert take no parameter.
 
 
 # -- Ops with explicit arguments. ---------------------------------------------------------------
@@ -56,22 +136,18 @@ def _blend(degenerate, image: tf.Tensor, factor) -> tf.Tensor:
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's
 
 
-def auto_contrast(image: tf.Tensor, strength=1.0) -> tf.Tensor:
-    """Stretch each channel to [0, 255] (unchanged when flat); blended in by `strength`.
-
-    The blend of x and (x - low) * scale is one affine map per channel: x * a + b.
-    """
+def auto_contrast(image: tf.Tensor) -> tf.Tensor:
+    """Stretch each channel to [0, 255] (a flat channel is unchanged): x * a + b per channel."""
     # Reducing rows, then columns, is several times faster than reducing both axes at once.
     low = tf.reduce_min(tf.reduce_min(image, axis=0), axis=0)
     high = tf.reduce_max(tf.reduce_max(image, axis=0), axis=0)
     flat = high <= low
     scale = tf.where(flat, 1.0, 255.0 / tf.where(flat, 1.0, high - low))
-    offset = tf.where(flat, 0.0, low)
-    return image * ((1.0 - strength) + strength * scale) - strength * offset * scale
+    return _clip(image * scale - tf.where(flat, 0.0, low) * scale)
 
 
-def equalize(image: tf.Tensor, strength=1.0) -> tf.Tensor:
-    """PIL's per-channel histogram equalization of the rounded image; blended in by `strength`."""
+def equalize(image: tf.Tensor) -> tf.Tensor:
+    """PIL's per-channel histogram equalization of the rounded image."""
     levels = tf.cast(tf.round(image), tf.int32)  # The image is in [0, 255].
     flat = tf.reshape(levels, [-1, 3]) + tf.range(3) * 256
     histogram = tf.reshape(tf.math.bincount(tf.reshape(flat, [-1]), minlength=768, maxlength=768),
@@ -84,22 +160,34 @@ def equalize(image: tf.Tensor, strength=1.0) -> tf.Tensor:
     safe_step = tf.maximum(step, 1)[:, None]
     lut = tf.minimum((cumulative + safe_step // 2) // safe_step, 255)
     lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None, :])
-    # Blending with the LUT itself (256 entries) is cheaper than blending the images.
-    blended = (1.0 - strength) * tf.range(256, dtype=tf.float32)[None, :] + strength * tf.cast(lut, tf.float32)
-    return tf.reshape(tf.gather(tf.reshape(blended, [-1]), flat), tf.shape(image))
+    lut = tf.cast(tf.reshape(lut, [-1]), tf.float32)
+    return tf.reshape(tf.gather(lut, flat), tf.shape(image))
+
+
+def invert(image: tf.Tensor) -> tf.Tensor:
+    return 255.0 - image
 
 
 def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
-    """Invert (255 - x) every pixel value >= threshold."""
+    """Invert (255 - x) every pixel value >= threshold mod 256 (the reference's uint8 wrap)."""
+    threshold = tf.math.floormod(tf.cast(threshold, tf.float32), 256.0)
     # Select (v1) is about three times faster than tf.where's SelectV2 on equal shapes.
     return tf.raw_ops.Select(condition=image >= threshold, x=255.0 - image, y=image)
 
 
+def solarize_add(image: tf.Tensor, addition, threshold=128.0) -> tf.Tensor:
+    """Add `addition` to every pixel value below `threshold`, clipped to [0, 255]."""
+    added = _clip(image + tf.cast(addition, tf.float32))
+    return tf.raw_ops.Select(condition=image < threshold, x=added, y=image)
+
+
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
-    """Keep 8 - `bits` high bits: floor(x / 2^bits) * 2^bits; bits == 0 changes nothing."""
+    """Keep the `bits` high bits: floor(x / 2^(8 - bits)) * 2^(8 - bits).  As the reference's
+    uint8 shift (TensorFlow clamps a shift to 7), 0 bits or more than 8 keep 1 bit."""
     bits = tf.cast(bits, tf.float32)
-    step = tf.pow(2.0, bits)
-    return tf.cond(bits > 0, lambda: tf.floor(image / step) * step, lambda: image)
+    kept = tf.where((bits >= 1.0) & (bits <= 8.0), bits, 1.0)
+    step = tf.pow(2.0, 8.0 - kept)
+    return tf.cond(step > 1.0, lambda: tf.floor(image / step) * step, lambda: image)
 
 
 def color(image: tf.Tensor, factor) -> tf.Tensor:
@@ -111,10 +199,14 @@ def color(image: tf.Tensor, factor) -> tf.Tensor:
 
 
 def contrast(image: tf.Tensor, factor) -> tf.Tensor:
-    """Contrast around the mean gray level (PIL ImageEnhance.Contrast)."""
-    channel_means = tf.reduce_mean(tf.reduce_mean(image, axis=0), axis=0)
-    mean_gray = tf.tensordot(channel_means, tf.constant(_GRAY_WEIGHTS), 1)
-    return _blend(mean_gray, image, factor)
+    """The reference's Contrast: blend with a constant gray of min(floor(H * W / 256), 255).
+
+    The reference means PIL's contrast (around the mean gray) but divides the histogram's pixel
+    count by 256 where it meant the sum of level * count by the pixel count; reproduced on
+    purpose (see the module docstring)."""
+    shape = tf.shape(image)
+    gray = tf.minimum(tf.floor(tf.cast(shape[0] * shape[1], tf.float32) / 256.0), 255.0)
+    return _blend(gray, image, factor)
 
 
 def brightness(image: tf.Tensor, factor) -> tf.Tensor:
@@ -123,15 +215,18 @@ def brightness(image: tf.Tensor, factor) -> tf.Tensor:
 
 
 _SMOOTH = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # / 13: PIL's SMOOTH filter
+_CENTER = ((0.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 0.0))
 
 
 def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
-    """Sharpness against PIL's 3x3 smoothing filter: 0 blurs, > 1 sharpens.  (PIL keeps the
-    border pixels; here the filter sees the image mirrored at the border.)"""
-    kernel = tf.tile(tf.constant(_SMOOTH)[:, :, None, None] / 13.0, [1, 1, 3, 1])
-    padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]], mode="REFLECT")
-    smooth = tf.nn.depthwise_conv2d(padded[None], kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
-    return _blend(smooth, image, factor)
+    """Sharpness against PIL's 3x3 smoothing filter: 0 blurs, > 1 sharpens; the border pixels
+    are kept, as PIL and the reference do.  Images of at least 3 x 3.
+
+    blend(smooth, x, f) = x + (1 - f) * (smooth - x); smooth - x is one convolution."""
+    detail = tf.constant(_SMOOTH) / 13.0 - tf.constant(_CENTER)
+    kernel = tf.tile(detail[:, :, None, None], [1, 1, 3, 1]) * (1.0 - factor)
+    change = tf.nn.depthwise_conv2d(image[None], kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
+    return _clip(image + tf.pad(change, [[1, 1], [1, 1], [0, 0]]))
 
 
 def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
@@ -145,40 +240,36 @@ def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
     return out
 
 
-def _center(image: tf.Tensor):
-    shape = tf.cast(tf.shape(image), tf.float32)
-    return (shape[1] - 1.0) / 2.0, (shape[0] - 1.0) / 2.0
-
-
 def rotate(image: tf.Tensor, degrees) -> tf.Tensor:
     """Rotate by `degrees` about the image center."""
     radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
     cos, sin = tf.cos(radians), tf.sin(radians)
-    cx, cy = _center(image)
+    shape = tf.cast(tf.shape(image), tf.float32)
+    cx, cy = (shape[1] - 1.0) / 2.0, (shape[0] - 1.0) / 2.0
     return _transform(image, tf.stack([cos, -sin, cx - cos * cx + sin * cy,
                                        sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]))
 
 
 def shear_x(image: tf.Tensor, shear) -> tf.Tensor:
-    """x += shear * (y - center_y)."""
+    """Output (x, y) samples the input at (x + shear * y, y): a shear about the top-left corner."""
     shear = tf.cast(shear, tf.float32)
-    _, cy = _center(image)
-    return _transform(image, tf.stack([1.0, shear, -shear * cy, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    return _transform(image, tf.stack([1.0, shear, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
 
 
 def shear_y(image: tf.Tensor, shear) -> tf.Tensor:
-    """y += shear * (x - center_x)."""
+    """Output (x, y) samples the input at (x, y + shear * x)."""
     shear = tf.cast(shear, tf.float32)
-    cx, _ = _center(image)
-    return _transform(image, tf.stack([1.0, 0.0, 0.0, shear, 1.0, -shear * cx, 0.0, 0.0]))
+    return _transform(image, tf.stack([1.0, 0.0, 0.0, shear, 1.0, 0.0, 0.0, 0.0]))
 
 
 def _shift(image: tf.Tensor, pixels, axis: int) -> tf.Tensor:
-    """Shift by round(pixels) along `axis` (towards higher indices when positive), filling with
-    FILL_VALUE: a pad and a slice, far cheaper than a general transform."""
+    """Output index i samples the input at i + pixels along `axis` (pixels rounded half up, as
+    nearest sampling rounds), FILL_VALUE outside: a pad and a slice, far cheaper than a general
+    transform."""
     size = tf.shape(image)[axis]
-    pixels = tf.clip_by_value(tf.cast(tf.round(pixels), tf.int32), -size, size)
-    before, after = tf.maximum(pixels, 0), tf.maximum(-pixels, 0)
+    offset = tf.cast(tf.floor(tf.cast(pixels, tf.float32) + 0.5), tf.int32)
+    offset = tf.clip_by_value(offset, -size, size)
+    before, after = tf.maximum(-offset, 0), tf.maximum(offset, 0)
     paddings = tf.tensor_scatter_nd_update(tf.zeros([3, 2], tf.int32), [[axis]], [[before, after]])
     padded = tf.pad(image, paddings, constant_values=FILL_VALUE)
     begin = tf.tensor_scatter_nd_update(tf.zeros([3], tf.int32), [[axis]], [after])
@@ -188,50 +279,57 @@ def _shift(image: tf.Tensor, pixels, axis: int) -> tf.Tensor:
 
 
 def translate_x(image: tf.Tensor, pixels) -> tf.Tensor:
-    """Shift right by `pixels`, rounded (left when negative)."""
+    """Output column x samples the input at x + pixels (content moves left when positive)."""
     return _shift(image, pixels, axis=1)
 
 
 def translate_y(image: tf.Tensor, pixels) -> tf.Tensor:
-    """Shift down by `pixels`, rounded (up when negative)."""
+    """Output row y samples the input at y + pixels (content moves up when positive)."""
     return _shift(image, pixels, axis=0)
 
 
-# -- Magnitude m -> arguments (the table in the module docstring). ------------------------------
+def cutout(image: tf.Tensor, half_size, seed: tf.Tensor) -> tf.Tensor:
+    """Fill rows and columns [c - half_size, c + half_size) with FILL_VALUE, the center c drawn
+    uniformly over the pixels from `seed`; half_size 0 changes nothing."""
+    shape = tf.shape(image)
+    center = tf.cast(tf.floor(tf.random.stateless_uniform([2], seed) *
+                              tf.cast(shape[:2], tf.float32)), tf.int32)
+    half_size = tf.cast(half_size, tf.int32)
 
-def _fraction(m):
-    return tf.minimum(m, MAX_MAGNITUDE) / MAX_MAGNITUDE
+    def inside(length, c):
+        index = tf.range(length)
+        return (index >= c - half_size) & (index < c + half_size)
 
+    mask = inside(shape[0], center[0])[:, None, None] & inside(shape[1], center[1])[None, :, None]
+    return tf.where(mask, FILL_VALUE, image)
+
+
+# -- The op table. --------------------------------------------------------------------------------
 
 def _sign(seed):
     return tf.where(tf.random.stateless_uniform([], seed) < 0.5, -1.0, 1.0)
 
 
-def _factor(m, seed):
-    return tf.maximum(0.0, 1.0 + _sign(seed) * 0.09 * m)
-
-
-def _translation(m, seed, size):
-    return _sign(seed) * tf.minimum(0.045 * m, 1.0) * tf.cast(size, tf.float32)
-
-
 AugmentFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # (image, m, seed) -> image
 
+# In the reference's order.
 AUGMENTATIONS: Dict[str, AugmentFn] = {
-    "identity": lambda image, m, seed: image,
-    "auto_contrast": lambda image, m, seed: auto_contrast(image, _fraction(m)),
-    "equalize": lambda image, m, seed: equalize(image, _fraction(m)),
-    "rotate": lambda image, m, seed: rotate(image, _sign(seed) * 3.0 * m),
-    "solarize": lambda image, m, seed: solarize(image, 256.0 * (1.0 - _fraction(m))),
-    "color": lambda image, m, seed: color(image, _factor(m, seed)),
-    "posterize": lambda image, m, seed: posterize(image, tf.round(4.0 * _fraction(m))),
-    "contrast": lambda image, m, seed: contrast(image, _factor(m, seed)),
-    "brightness": lambda image, m, seed: brightness(image, _factor(m, seed)),
-    "sharpness": lambda image, m, seed: sharpness(image, _factor(m, seed)),
-    "shear_x": lambda image, m, seed: shear_x(image, _sign(seed) * 0.03 * m),
-    "shear_y": lambda image, m, seed: shear_y(image, _sign(seed) * 0.03 * m),
-    "translate_x": lambda image, m, seed: translate_x(image, _translation(m, seed, tf.shape(image)[1])),
-    "translate_y": lambda image, m, seed: translate_y(image, _translation(m, seed, tf.shape(image)[0])),
+    "auto_contrast": lambda image, m, seed: auto_contrast(image),
+    "equalize": lambda image, m, seed: equalize(image),
+    "invert": lambda image, m, seed: invert(image),
+    "rotate": lambda image, m, seed: rotate(image, _sign(seed) * rotate_degrees(m)),
+    "posterize": lambda image, m, seed: posterize(image, posterize_bits(m)),
+    "solarize": lambda image, m, seed: solarize(image, solarize_threshold(m)),
+    "color": lambda image, m, seed: color(image, enhance_factor(m)),
+    "contrast": lambda image, m, seed: contrast(image, enhance_factor(m)),
+    "brightness": lambda image, m, seed: brightness(image, enhance_factor(m)),
+    "sharpness": lambda image, m, seed: sharpness(image, enhance_factor(m)),
+    "shear_x": lambda image, m, seed: shear_x(image, _sign(seed) * shear_amount(m)),
+    "shear_y": lambda image, m, seed: shear_y(image, _sign(seed) * shear_amount(m)),
+    "translate_x": lambda image, m, seed: translate_x(image, _sign(seed) * translate_pixels(m)),
+    "translate_y": lambda image, m, seed: translate_y(image, _sign(seed) * translate_pixels(m)),
+    "cutout": lambda image, m, seed: cutout(image, cutout_half_size(m), seed),
+    "solarize_add": lambda image, m, seed: solarize_add(image, solarize_addition(m)),
 }
 
 
@@ -242,10 +340,11 @@ def check_magnitude(magnitude) -> None:
 
 
 def augment(image: tf.Tensor, name: str, magnitude, seed: tf.Tensor) -> tf.Tensor:
-    """Apply the RandAugment op `name` at `magnitude` (random sign from `seed`)."""
+    """Apply the RandAugment op `name` at `magnitude` (random sign or position from `seed`)."""
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown RandAugment op {name!r}; expected one of {sorted(AUGMENTATIONS)}")
-    return AUGMENTATIONS[name](image, tf.cast(magnitude, tf.float32), seed)
+    return AUGMENTATIONS[name](tf.convert_to_tensor(image, tf.float32),
+                               tf.cast(magnitude, tf.float32), seed)
 
 
 def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 2) -> tf.Tensor:
@@ -254,7 +353,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 
     m = tf.cast(magnitude, tf.float32)
     ops = list(AUGMENTATIONS.values())
 
-    def layer(index, image):  # A loop, not unrolled: the 14 ops are traced once, not per layer.
+    def layer(index, image):  # A loop, not unrolled: the 16 ops are traced once, not per layer.
         choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(seed, index), 2))
         choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), dtype=tf.int32)
