@@ -32,7 +32,7 @@ def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
                num_classes: Optional[int] = None,
                synthetic_train_examples: int = 10_000,
                synthetic_eval_examples: int = 1_000,
-               count_cache_dir: Optional[str] = None) -> Source:
+               count_cache_dir: Optional[str] = None, holdout: int = 0) -> Source:
     """The data source `dataset` (one of DATASETS) reading `data_dir`.
 
     "auto": synthetic when data_dir is None, else what `detect(data_dir)` finds.
@@ -41,10 +41,14 @@ def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
     data_dir.  Everything is checked here, before any model work: a missing or empty folder,
     shards that are not there, an unknown name all raise FileNotFoundError or ValueError.
     `count_cache_dir`: where TFRecord record counts are cached (the run folder), see
-    `TFRecordSource.num_examples`.
+    `TFRecordSource.num_examples`.  `holdout` > 0 (TFRecord sources only): the eval split is that
+    many training records held out (`datasets.holdout`) instead of the validation shards.
     """
     if dataset == "auto":
         dataset = "synthetic" if data_dir is None else detect(data_dir)
+    if holdout and dataset not in ("imagenet", "imagenet21k"):
+        raise ValueError(f"data.holdout_examples={holdout} applies to TFRecord datasets (imagenet, "
+                         f"imagenet21k), not {dataset!r}, which has its own eval split")
     if dataset == "synthetic":
         if data_dir is not None:
             raise ValueError(f"dataset 'synthetic' reads no files, but data_dir={data_dir!r} was "
@@ -60,4 +64,5 @@ def get_source(dataset: str = "auto", data_dir: Optional[str] = None, *,
     if dataset == "folder":
         return folder.FolderSource(data_dir)
     return tfrecord.TFRecordSource(data_dir, multi_label=dataset == "imagenet21k",
-                                   num_classes=num_classes, count_cache_dir=count_cache_dir)
+                                   num_classes=num_classes, count_cache_dir=count_cache_dir,
+                                   holdout=holdout)

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from datasets import ordering, records, skipping
+from datasets import holdout as holdout_lib, ordering, records, skipping
 from datasets.source import Source, check_split
 
 IMAGENET_CLASSES = 1000
@@ -108,11 +108,17 @@ def read_shard(shard: tf.Tensor) -> tf.data.Dataset:
 
 
 class TFRecordSource(Source):
-    """Shards `train-*` and `validation-*` in `data_dir`, ImageNet or ImageNet-21k format."""
+    """Shards `train-*` and `validation-*` in `data_dir`, ImageNet or ImageNet-21k format.
+
+    `holdout` > 0: no `validation-*` shards are read; about that many training records are held out
+    as the eval split and never trained on (`datasets.holdout`, the paper's ImageNet-21k split).
+    """
 
     def __init__(self, data_dir: str, multi_label: bool = False, num_classes: Optional[int] = None,
-                 shuffle_block: int = ordering.SHUFFLE_BLOCK, count_cache_dir: Optional[str] = None):
+                 shuffle_block: int = ordering.SHUFFLE_BLOCK, count_cache_dir: Optional[str] = None,
+                 holdout: int = 0):
         self.data_dir = data_dir
+        self.holdout = holdout
         self.count_cache_dir = count_cache_dir
         self.multi_label = multi_label
         self.name = "imagenet21k" if multi_label else "imagenet"
@@ -120,6 +126,8 @@ class TFRecordSource(Source):
         if not tf.io.gfile.isdir(data_dir):
             raise FileNotFoundError(f"{self.name} data_dir {data_dir!r} does not exist")
         self._files = {split: find_shards(data_dir, pattern) for split, pattern in _PATTERNS.items()}
+        if holdout:
+            self._files["eval"] = self._files["train"]
         for split, files in self._files.items():
             if not files:
                 raise FileNotFoundError(
@@ -145,9 +153,24 @@ class TFRecordSource(Source):
         folder may be read-only or remote) for these very shards, or one count of every record, then
         cached there. Start-up does not grow with the number of records after the first."""
         key = "validation" if check_split(split) == "eval" else "train"
+        if self.holdout:
+            records_read = self._counts.get("train") or self._cached_count("train", "train")
+            self._counts["train"] = records_read
+            if self.holdout >= records_read:
+                raise ValueError(f"hold-out of {self.holdout} records leaves nothing to train on: "
+                                 f"{self.data_dir} has {records_read} training records")
+            return self.holdout if key == "validation" else records_read - self.holdout
         if key not in self._counts:
             self._counts[key] = self._known_count(key, self._files[split]) or self._cached_count(key, split)
         return self._counts[key]
+
+    def _holdout_filter(self, split: str):
+        """The predicate on (record, record_id) that keeps `split`'s records; None without a hold-out."""
+        if not self.holdout:
+            return None
+        fraction = self.holdout / (self.num_examples("train") + self.holdout)  # Of every record read.
+        want = split == "eval"
+        return lambda record, record_id: tf.equal(holdout_lib.is_held_out(record_id, fraction), want)
 
     def _known_count(self, key: str, files: List[str]) -> Optional[int]:
         shards, count = IMAGENET_LAYOUT[key]
@@ -198,6 +221,9 @@ class TFRecordSource(Source):
         dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
             read_shard, cycle_length=cycle_length,
             block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        keep = self._holdout_filter(check_split(split))
+        if keep is not None:  # Before sharding elements: workers split the same records.
+            dataset = dataset.filter(keep)
         if shard_elements:
             dataset = ordering.shard_elements(dataset, input_context)
         if block_seed is not None:
@@ -206,4 +232,5 @@ class TFRecordSource(Source):
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def describe(self) -> str:
-        return f"{self.name} TFRecords in {self.data_dir}: " + super().describe()
+        held = f" (eval: about {self.holdout} training records held out)" if self.holdout else ""
+        return f"{self.name} TFRecords in {self.data_dir}: " + super().describe() + held

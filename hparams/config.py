@@ -77,6 +77,9 @@ class DataConfig:
     data_dir: typing.Optional[str] = None
     randaug_num_layers: int = 2
     cutmix_alpha: float = 0.0
+    # > 0: evaluate on this many training records held out (never trained on) instead of the
+    # validation shards, the paper's ImageNet-21k split (datasets/holdout.py); TFRecord data only.
+    holdout_examples: int = 0
 
 
 @dataclasses.dataclass
@@ -99,7 +102,8 @@ class TrainConfig:
     lr_min: float = 0.0
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
-    # "softmax" cross-entropy, or "sigmoid" for multi-label (ImageNet-21k).
+    # "softmax" cross-entropy (multi-label targets normalized to sum to 1, the paper's ImageNet-21k
+    # loss), or "sigmoid" (one binary cross-entropy per class).
     loss: str = "softmax"
     # EMA of the weights used for evaluation and export; 0 disables it.
     ema_decay: float = 0.9999
@@ -484,6 +488,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         "data.cutmix_alpha": config.data.cutmix_alpha,
         "data.randaug_num_layers": config.data.randaug_num_layers,
         "progressive.round_image_size_to": config.progressive.round_image_size_to,
+        "data.holdout_examples": config.data.holdout_examples,
     }.items():
         if value < 0:
             raise _rule(key, value, "must be >= 0")

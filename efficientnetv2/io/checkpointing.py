@@ -21,9 +21,13 @@ variable path, for a model whose classifier may differ).
 
 The EMA weights are saved under a name of ours: ``ema/<variable path>`` (the optimizer's moving
 averages, keyed by the path of the model variable they average), so reading them depends neither on
-the optimizer's kind nor on Keras' names for its variables. Checkpoints written before that entry
-existed still read: their EMA is found by Keras' name for it (``<path with / as _>_average``), and,
-like those written before the random-generator states (``rng``), they resume with what they have.
+the optimizer's kind nor on Keras' names for its variables. The averaged batch-norm statistics are
+there too (``ema/block1a/project_bn/moving_mean``; see ``optimizers``), and every reader uses them
+with the averaged weights. Checkpoints written before that entry existed still read: their EMA is
+found by Keras' name for it (``<path with / as _>_average``), and, like those written before the
+random-generator states (``rng``), they resume with what they have; a checkpoint without averaged
+statistics resumes with their averages restarted at the restored statistics, and evaluates and
+exports with the model's statistics.
 
 TensorFlow writes a checkpoint into ``ckpt-<N>_temp/`` and renames its files into place at the end;
 a save that fails (disk full, read-only folder) or is killed leaves that folder behind. A failed
@@ -91,6 +95,7 @@ class RunCheckpoint:
             # the optimizer's, so nothing is stored twice.
             ema=ema_variables(model, optimizer),
         )
+        self._averaged = {v.path: v for v in model.weights}  # What each ``ema`` entry averages.
         self.directory = directory
         self.chief = chief
         write_dir = directory if chief else os.path.join(
@@ -142,10 +147,22 @@ class RunCheckpoint:
                             "it); dropout and stochastic-depth masks after it will differ from an "
                             "uninterrupted run.", path)
             del objects["rng"]
-        if "ema" not in saved:
-            del objects["ema"]  # Written before the EMA had its own entry: the optimizer restores it.
+        ema = dict(objects.pop("ema"))
+        present = _ema_keys(tf.train.load_checkpoint(path), ema) if "ema" in saved else {}
+        if "ema" in saved:
+            objects["ema"] = {name: average for name, average in ema.items() if name in present}
+        # Without the entry (written before it existed) the optimizer restores the trainable averages.
+        restarted = [name for name in ema if name not in present and name not in self._trainable_averages()]
         _restore_objects(path, objects)
+        if restarted:
+            logging.warning("Checkpoint %s has no averages of %d batch-norm statistics (an older version "
+                            "wrote it); they restart at the restored statistics.", path, len(restarted))
+            for name in restarted:
+                ema[name].assign(self._averaged[name])
         return path
+
+    def _trainable_averages(self):
+        return {path for path, v in self._averaged.items() if v.trainable}
 
 
 def _restore_objects(path, objects, partial=False):
@@ -161,13 +178,15 @@ def _restore_objects(path, objects, partial=False):
 
 
 def ema_variables(model, optimizer):
-    """{variable path: the optimizer's moving average of it} for the model's trainable weights; empty
-    when the optimizer keeps no EMA."""
+    """{variable path: the optimizer's moving average of it} for the model's trainable weights and the
+    batch-norm statistics it averages; empty when the optimizer keeps no EMA."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed_float16's LossScaleOptimizer.
     averages = getattr(inner, "_model_variables_moving_average", None) if getattr(inner, "use_ema", False) else None
     if not averages:
         return {}
-    return {v.path: a for v, a in zip(model.trainable_weights, averages) if a is not None}
+    found = {v.path: a for v, a in zip(model.trainable_weights, averages) if a is not None}
+    found.update({v.path: a for v, a in getattr(inner, "moving_statistics_averages", [])})
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +242,8 @@ def restore_model(path, model, use_ema=True):
 
     The model's weights are restored as training restores them (``tf.train.Checkpoint``, every
     weight matched); then, with ``use_ema``, the trainable ones are given their EMA when the
-    checkpoint has one for each (a run trained without EMA keeps its training weights).
+    checkpoint has one for each (a run trained without EMA keeps its training weights), and the
+    batch-norm statistics their averages where the checkpoint has them.
     """
     _check_same_weights(saved_shapes(path), model)
     _restore_objects(path, {"model": model}, partial=True)
@@ -233,8 +253,9 @@ def restore_model(path, model, use_ema=True):
     keys = _ema_keys(reader, {v.path for v in model.weights})
     if not keys or any(v.path not in keys for v in model.trainable_weights):
         return False
-    for variable in model.trainable_weights:
-        variable.assign(np.asarray(reader.get_tensor(keys[variable.path])).astype(variable.dtype))
+    for variable in model.weights:
+        if variable.path in keys:
+            variable.assign(np.asarray(reader.get_tensor(keys[variable.path])).astype(variable.dtype))
     return True
 
 

@@ -1,6 +1,6 @@
 """The paper's optimizer: RMSProp with an EMA of the weights, and L2 weight decay on kernels.
 
-Two departures from Keras' stock optimizer EMA, both needed for a long, resumable run:
+Three departures from Keras' stock optimizer EMA:
 
 - Keras' ``fit`` ends by overwriting the model's weights with their EMA
   (``finalize_variable_values``). The trainer calls ``fit`` once per epoch, so that would replace the
@@ -9,6 +9,17 @@ Two departures from Keras' stock optimizer EMA, both needed for a long, resumabl
   explicitly (``swap_ema_weights``) and swap them back.
 - The EMA decay warms up as in the reference release, ``min(decay, (1 + step) / (10 + step))``, so
   that a short run's average is not stuck at the initial weights.
+- The batch-norm moving statistics are averaged too, as the reference release does
+  (``tf.train.ExponentialMovingAverage`` over the trainable variables and the moving means and
+  variances), and evaluation and export use the averaged ones: the averaged weights then meet
+  statistics of the same period. Keras' own EMA cannot hold them: ``build(variables)`` creates the
+  averages for the variables it also creates slots for and updates them from ``apply``'s
+  trainable list, so a non-trainable variable there would get RMSProp slots and a gradient it never
+  has. ``average_moving_statistics(model, optimizer)`` gives the optimizer the model's statistics;
+  their averages start at the statistics' values and are updated in the same step, right after the
+  trainable averages, with the same decay. They are not the optimizer's checkpoint dependencies
+  (its saved variables stay what Keras saves); ``checkpointing.RunCheckpoint`` saves them with the
+  other averages under ``ema/<variable path>``.
 """
 
 import contextlib
@@ -18,18 +29,56 @@ from keras import ops
 
 from efficientnetv2.train.keras_compat import KeepTrainingWeightsAtEndOfFit
 
-__all__ = ["make_optimizer", "add_weight_decay", "swap_ema_weights", "has_ema"]
+__all__ = ["make_optimizer", "add_weight_decay", "swap_ema_weights", "has_ema", "average_moving_statistics",
+           "moving_statistics"]
+
+# The non-trainable variables the reference's EMA averages: batch norm's moving mean and variance.
+_STATISTICS = ("/moving_mean", "/moving_variance")
+
+
+class _Untracked:
+    """Holds the statistics' averages out of the optimizer's checkpoint dependencies (a plain object:
+    neither Keras' variable tracker nor TensorFlow's attribute tracking look into it)."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
 
 
 class _EMAMixin(KeepTrainingWeightsAtEndOfFit):
-    """Keras optimizer EMA with decay warmup and without the end-of-fit overwrite."""
+    """Keras optimizer EMA with decay warmup, batch-norm statistics averaged too, and without the
+    end-of-fit overwrite."""
+
+    @property
+    def moving_statistics_averages(self):
+        """[(model statistic, its average)]: empty until ``average_moving_statistics``."""
+        holder = getattr(self, "_statistics_averages", None)
+        return holder.pairs if holder is not None else []
+
+    def track_moving_statistics(self, variables):
+        """Averages ``variables`` (non-trainable) from the next step on, starting at their values."""
+        if not self.use_ema or self.moving_statistics_averages:
+            return
+        strategy = getattr(self, "_distribution_strategy", None)  # TensorFlow's optimizers have one.
+        pairs = []
+        for variable in variables:
+            place = strategy.extended.colocate_vars_with(variable.value) if strategy else contextlib.nullcontext()
+            with place:
+                average = keras.Variable(
+                    initializer=ops.convert_to_numpy(variable), dtype=variable.dtype, trainable=False,
+                    aggregation="none", name=variable.path.replace("/", "_") + "_average",
+                )
+            pairs.append((variable, average))
+        object.__setattr__(self, "_statistics_averages", _Untracked(pairs))
 
     def _update_model_variables_moving_average(self, trainable_variables):
         if not self.use_ema:
             return
         step = ops.cast(self.iterations, "float32")
         decay = ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
-        for var, average in zip(trainable_variables, self._model_variables_moving_average):
+        pairs = list(zip(trainable_variables, self._model_variables_moving_average))
+        # Read after the forward pass has updated them (the step's ops on one variable run in order).
+        pairs += self.moving_statistics_averages
+        for var, average in pairs:
             if average is not None:
                 d = ops.cast(decay, average.dtype)
                 average.assign(d * average + (1.0 - d) * ops.cast(var, average.dtype))
@@ -87,6 +136,21 @@ def add_weight_decay(model, weight_decay):
     return count
 
 
+def moving_statistics(model):
+    """The model's batch-norm moving means and variances, in the model's order."""
+    return [v for v in model.non_trainable_weights if v.path.endswith(_STATISTICS)]
+
+
+def average_moving_statistics(model, optimizer):
+    """Makes ``optimizer`` (built, with EMA) average ``model``'s batch-norm statistics too; the number
+    of statistics averaged (0 without EMA)."""
+    inner = _inner(optimizer)
+    if not has_ema(inner):
+        return 0
+    inner.track_moving_statistics(moving_statistics(model))
+    return len(inner.moving_statistics_averages)
+
+
 def _inner(optimizer):
     # mixed_float16 wraps the optimizer in a LossScaleOptimizer; the EMA lives in the inner one.
     return getattr(optimizer, "inner_optimizer", optimizer)
@@ -101,7 +165,8 @@ def has_ema(optimizer):
 
 @contextlib.contextmanager
 def swap_ema_weights(model, optimizer):
-    """Inside the block the model holds its EMA weights; the training weights come back after."""
+    """Inside the block the model holds its EMA weights (and averaged batch-norm statistics, when the
+    optimizer averages them); the training values come back after."""
     if not has_ema(optimizer):
         yield False
         return
@@ -109,7 +174,7 @@ def swap_ema_weights(model, optimizer):
         (v, a)
         for v, a in zip(model.trainable_weights, _inner(optimizer)._model_variables_moving_average)
         if a is not None
-    ]
+    ] + list(getattr(_inner(optimizer), "moving_statistics_averages", []))
     saved = [ops.copy(v.value) for v, _ in pairs]
     for variable, average in pairs:
         variable.assign(average)

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from efficientnetv2.io import checkpointing
-from efficientnetv2.train import distribute, keras_compat, optimizers, progressive, run_lock, schedules
+from efficientnetv2.train import distribute, keras_compat, multilabel, optimizers, progressive, run_lock, schedules
 from efficientnetv2.io.checkpointing import RunCheckpoint
 from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
@@ -139,17 +139,22 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
 
 
 def _loss_and_metrics(config, plan):
-    if plan.multi_label or config.train.loss == "sigmoid":
+    # Per-step metrics stay cheap over 21k classes: top-1/top-5 of the argmax label (the reference's
+    # acc_top1), and for multi-label data whether the top prediction is any of the image's labels.
+    metrics = [
+        keras.metrics.CategoricalAccuracy(name="top1"),
+        keras.metrics.TopKCategoricalAccuracy(k=min(5, plan.num_classes), name="top5"),
+    ]
+    if plan.multi_label:
+        metrics.append(multilabel.TopOneInLabels(name="top1_any"))
+    if config.train.loss == "sigmoid":
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.train.label_smoothing)
-        metrics = [keras.metrics.AUC(multi_label=True, from_logits=True, name="auc")]
+    elif plan.multi_label:
+        loss = multilabel.NormalizedSoftmaxCrossEntropy(label_smoothing=config.train.label_smoothing)
     else:
         loss = keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=config.train.label_smoothing
         )
-        metrics = [
-            keras.metrics.CategoricalAccuracy(name="top1"),
-            keras.metrics.TopKCategoricalAccuracy(k=min(5, plan.num_classes), name="top5"),
-        ]
     return loss, metrics
 
 
@@ -172,6 +177,8 @@ def _compile(config, plan, model):
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
     optimizer.build(model.trainable_variables)
+    # The reference's EMA also averages batch norm's moving statistics; evaluation uses those.
+    optimizers.average_moving_statistics(model, optimizer)
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:  # Only replicas can be handed an empty batch.
         keras_compat.skip_empty_batches_in_evaluation(model)
@@ -350,7 +357,8 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     device = distribute.device_kind(strategy)
     chief = distribute.is_chief(strategy)
     # Everything that can fail on bad input fails here, before the model is built.
-    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir)
+    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir,
+                                 holdout=config.data.holdout_examples)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
     if chief:
         _check_model_dir(model_dir)
@@ -555,7 +563,8 @@ class _ValidationScalars:
 def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
     """Evaluates a checkpoint (latest, or ``checkpoint_path``) with EMA weights at the eval size."""
     strategy = strategy or tf.distribute.get_strategy()
-    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir)
+    source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir,
+                                 holdout=config.data.holdout_examples)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, distribute.device_kind(strategy))
     with _restored_dtype_policy():
         return _evaluate_checkpoint(config, model_dir, strategy, checkpoint_path, source, plan)
