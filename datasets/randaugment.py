@@ -295,13 +295,15 @@ def cutout(image: tf.Tensor, half_size, seed: tf.Tensor) -> tf.Tensor:
     center = tf.cast(tf.floor(tf.random.stateless_uniform([2], seed) *
                               tf.cast(shape[:2], tf.float32)), tf.int32)
     half_size = tf.cast(half_size, tf.int32)
-
-    def inside(length, c):
-        index = tf.range(length)
-        return (index >= c - half_size) & (index < c + half_size)
-
-    mask = inside(shape[0], center[0])[:, None, None] & inside(shape[1], center[1])[None, :, None]
-    return tf.where(mask, FILL_VALUE, image)
+    top, left = tf.unstack(tf.maximum(center - half_size, 0))
+    bottom, right = tf.unstack(tf.minimum(center + half_size, shape[:2]))
+    # Slices and concatenations: one copy of the image, where a broadcast select costs two.
+    band = image[top:bottom]
+    band = tf.concat([band[:, :left], tf.fill([bottom - top, right - left, 3], FILL_VALUE),
+                      band[:, right:]], axis=1)
+    out = tf.concat([image[:top], band, image[bottom:]], axis=0)
+    out.set_shape(image.shape)
+    return out
 
 
 # -- The op table. --------------------------------------------------------------------------------
