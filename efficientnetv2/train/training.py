@@ -123,6 +123,11 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         precision = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16"}.get(device, "float32")
     jit = config.train.jit_compile
     jit = device in ("tpu", "gpu") if jit == "auto" else jit == "true"
+    if jit and config.train.deterministic:
+        # Keras compiles without XLA under op determinism (trainer.model_supports_jit); say so once here.
+        logging.warning("train.deterministic=true: the train step runs without XLA (Keras does not compile "
+                        "with TensorFlow's op determinism); set train.deterministic=false for XLA")
+        jit = False
     return Plan(
         variant=spec,
         num_classes=source.num_classes,
