@@ -15,10 +15,18 @@ Throughput is images per wall second, and images per CPU-second of this process 
 time of all its threads): the per-core figure, fair when the machine is shared.  The first
 --warmup_batches of each pipeline are not timed; the Keras baselines, far slower, time
 --baseline_batches after one warm-up batch.
+
+With --service_workers 0,1,2 it also times the full pipeline through tf.data service
+(`datasets.service`, DYNAMIC sharding, as training with data.service_address does): a dispatcher in
+this process and N worker processes (`python -m datasets.service worker`) on this machine; 0 is
+the pipeline without the service.  The CPU seconds are then split: this process (the trainer's
+host) and the worker processes.
 """
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +37,7 @@ sys.path.insert(0, REPO_ROOT)
 import tensorflow as tf  # noqa: E402
 
 import datasets  # noqa: E402
-from datasets import build_tfrecords  # noqa: E402
+from datasets import build_tfrecords, service  # noqa: E402
 
 IMAGENETTE = os.path.join(REPO_ROOT, "..", "shared", "data", "imagenette")
 
@@ -87,6 +95,66 @@ def pipelines(src, args, image_size: int):
            *baseline)
 
 
+def _process_cpu_seconds(pids) -> float:
+    """User + system CPU seconds of processes `pids` so far (from /proc; 0 where unreadable)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+@contextlib.contextmanager
+def local_service(num_workers: int):
+    """(dispatcher address or "" for none, worker pids): a dispatcher here, worker processes."""
+    if num_workers == 0:
+        yield "", []
+        return
+    dispatcher = service.start_dispatcher()
+    host_port = dispatcher.target.removeprefix("grpc://")
+    workers = [subprocess.Popen([sys.executable, "-m", "datasets.service", "worker", "--dispatcher",
+                                 host_port, "--host", "localhost"], cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(num_workers)]
+    try:
+        deadline = time.monotonic() + 120
+        while dispatcher._num_workers() < num_workers:  # No public accessor; TF's tests use this one.
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"{num_workers} tf.data service workers did not register")
+            time.sleep(0.2)
+        yield dispatcher.target, [w.pid for w in workers]
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait()
+        dispatcher.stop()
+
+
+def time_service(src, args, image_size: int):
+    """Rows of the full pipeline with 0, 1, 2... local tf.data service workers, as training
+    builds it (the epoch repeated on the workers, keyed by example id).
+
+    `src` is the folder of JPEGs, not the TFRecords: the TFRecord reader calls `tf.py_function`
+    for every shard, which a worker in another process cannot run (see the README).
+    """
+    for num_workers in (int(n) for n in args.service_workers.split(",")):
+        with local_service(num_workers) as (address, pids):
+            dataset = datasets.build_train_dataset(src, batch_size=args.batch_size, image_size=image_size,
+                                                   randaug_magnitude=args.magnitude,
+                                                   mixup_alpha=args.mixup_alpha,
+                                                   key_examples_by="id" if address else "position")
+            dataset = service.distribute(dataset.repeat(), address, service.job_name(0, 0))
+            before = _process_cpu_seconds(pids)
+            images, wall, cpu = measure(dataset, args.num_batches, args.warmup_batches)
+            workers_cpu = _process_cpu_seconds(pids) - before
+        print(f"| {num_workers:7d} | {image_size:4d} | {images / wall:8.0f} | {cpu:18.1f} | "
+              f"{workers_cpu:13.1f} | {images / (cpu + workers_cpu):22.0f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +171,9 @@ def main() -> int:
     parser.add_argument("--mixup_alpha", type=float, default=0.2)
     parser.add_argument("--skip_baselines", action="store_true",
                         help="time only this package's pipeline")
+    parser.add_argument("--service_workers", default="",
+                        help="e.g. 0,1,2: also time the full pipeline through tf.data service with "
+                             "this many local worker processes (0: without the service)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -130,6 +201,14 @@ def main() -> int:
                 images, wall, cpu = measure(dataset, batches, warmup)
                 print(f"| {name:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
                       f"{images / cpu:27.0f} |", flush=True)
+        if args.service_workers:
+            print(f"\nours, full, from the JPEG folder (not TFRecords), through tf.data service "
+                  f"(DYNAMIC sharding; dispatcher in this process, workers local processes "
+                  f"sharing these {cores} cores):")
+            print("| workers | size | images/s | this process CPU s | workers CPU s | images per CPU-s (all) |")
+            print("|---------|------|----------|--------------------|---------------|------------------------|")
+            for image_size in (int(s) for s in args.image_sizes.split(",")):
+                time_service(datasets.get_source("auto", args.images), args, image_size)
     print(f"skipped undecodable images: {datasets.skipped_images()}")
     return 0
 

@@ -24,7 +24,8 @@ Images are float32 [0, 255] (normalization belongs to the model); labels float32
 
 Modules: catalog (get_source), source (the Source interface), synthetic, folder, tfrecord,
 tfds_source, records (TFRecord formats), ordering (sharding, stateless shuffles), decode (crops),
-randaugment, mixing, skipping, pipeline (the builders), build_tfrecords (converter CLI).
+randaugment, mixing, skipping, pipeline (the builders), service (tf.data service: dispatcher,
+workers, distribute), build_tfrecords (converter CLI).
 """
 
 import importlib.metadata
@@ -34,6 +35,7 @@ import warnings
 from datasets.catalog import DATASETS, detect, get_source
 from datasets.folder import FolderSource
 from datasets.pipeline import build_eval_dataset, build_train_dataset, steps_per_epoch
+from datasets import service  # noqa: F401 -- datasets.service, for the trainer
 from datasets.skipping import skipped_images, skipped_shards
 from datasets.source import Source
 from datasets.synthetic import SyntheticSource

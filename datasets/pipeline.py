@@ -60,12 +60,19 @@ def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_magnitude=0.0,
                         randaug_num_layers: int = 2, mixup_alpha: float = 0.0,
                         cutmix_alpha: float = 0.0, seed: int = 0, epoch: int = 0,
-                        input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+                        input_context: Optional[tf.distribute.InputContext] = None,
+                        key_examples_by: str = "position") -> tf.data.Dataset:
     """One epoch of (images float32 [B, S, S, 3] in [0, 255], labels float32 [B, num_classes]).
 
     `batch_size` is per replica; the last partial batch is dropped (static shapes).  The epoch is a
     pure function of (seed, epoch, input pipeline): building it again replays it exactly.
+
+    `key_examples_by="id"` is for tf.data service workers (datasets/service.py), which each run
+    this graph on the files the dispatcher hands them, so positions count per worker and collide:
+    an example's augmentation is then keyed by its id, a batch's mixup by its first example's id.
     """
+    if key_examples_by not in ("position", "id"):
+        raise ValueError(f"key_examples_by={key_examples_by!r}; expected 'position' or 'id'")
     randaugment.check_magnitude(randaug_magnitude)
     num_pipelines, pipeline_id = ordering.pipelines(input_context)
     examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
@@ -77,20 +84,27 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
         # by the pipeline: an example gets the same crop and RandAugment however many workers read,
         # which is what lets a multi-worker run train on exactly the data of a single-device run.
         global_index = index * num_pipelines + pipeline_id
+        if key_examples_by == "id":
+            global_index = tf.strings.to_hash_bucket_fast(example["id"], 2**63 - 1)
         example_seed = tf.random.experimental.stateless_fold_in(example_key, global_index)
-        return train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
-                             randaug_magnitude, randaug_num_layers)
+        return (*train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
+                               randaug_magnitude, randaug_num_layers), global_index)
 
     dataset = map_skipping_errors(examples.enumerate(), preprocess, lambda index, example: example["id"])
     # Batch first, then mix: mixup/CutMix pair examples within a batch.
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    if mixup_alpha > 0 or cutmix_alpha > 0:
-        batch_key = _stream_seed(seed, epoch, _BATCH_STREAM, pipeline_id)
-        dataset = dataset.enumerate().map(
-            lambda index, batch: mixing.mix_batch(
-                *batch, tf.random.experimental.stateless_fold_in(batch_key, index),
-                mixup_alpha, cutmix_alpha),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True).enumerate()
+    mix = mixup_alpha > 0 or cutmix_alpha > 0
+    batch_key = _stream_seed(seed, epoch, _BATCH_STREAM, pipeline_id)
+
+    def finish(index, batch):
+        images, labels, keys = batch
+        if not mix:
+            return images, labels
+        batch_seed = tf.random.experimental.stateless_fold_in(
+            batch_key, keys[0] if key_examples_by == "id" else index)
+        return mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha)
+
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 

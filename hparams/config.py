@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 
@@ -77,6 +78,9 @@ class DataConfig:
     data_dir: typing.Optional[str] = None
     randaug_num_layers: int = 2
     cutmix_alpha: float = 0.0
+    # "grpc://HOST:PORT" of a tf.data service dispatcher: the training pipeline runs on its workers
+    # (datasets/service.py); "" preprocesses on this host.
+    service_address: str = ""
     # > 0: evaluate on this many training records held out (never trained on) instead of the
     # validation shards, the paper's ImageNet-21k split (datasets/holdout.py); TFRecord data only.
     holdout_examples: int = 0
@@ -501,6 +505,9 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
     }.items():
         if not 0 <= value < 1 and not (key == "train.lr_decay_rate" and value == 1):
             raise _rule(key, value, "must be in [0, 1)")
+    address = config.data.service_address
+    if address and not re.fullmatch(r"grpc://[^:/\s]+:\d{1,5}", address):
+        raise _rule("data.service_address", address, "must look like grpc://HOST:PORT (or be empty)")
     if config.train.lr_decay_epochs <= 0:
         raise _rule("train.lr_decay_epochs", config.train.lr_decay_epochs, "must be > 0")
     if config.train.batch_size % num_replicas:

@@ -365,6 +365,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir,
                                  holdout=config.data.holdout_examples)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
+    datasets.service.check_reachable(config.data.service_address)
     if chief:
         _check_model_dir(model_dir)
     with run_lock.RunLock(model_dir) if chief else contextlib.nullcontext(), _restored_dtype_policy():
@@ -476,8 +477,14 @@ def _epoch_data(config, plan, source, strategy):
                 seed=config.train.seed,
                 epoch=epoch,
                 input_context=context,
+                key_examples_by="id" if config.data.service_address else "position",
             )
-            return dataset.repeat().take(plan.steps_per_epoch * batches).skip(skip_steps * batches)
+            # Under tf.data service the workers repeat the epoch (each drops its own partial batch);
+            # the trainer takes the epoch's steps from the job (see the README, "tf.data service").
+            dataset = datasets.service.distribute(
+                dataset.repeat(), config.data.service_address,
+                datasets.service.job_name(params.stage, epoch, context.input_pipeline_id))
+            return dataset.take(plan.steps_per_epoch * batches).skip(skip_steps * batches)
 
         return strategy.distribute_datasets_from_function(per_pipeline)
 

@@ -1,0 +1,156 @@
+"""datasets/service.py: training through a tf.data service dispatcher and two workers, in process."""
+
+import os
+import socket
+
+import keras
+import pytest
+import tensorflow as tf
+
+import datasets
+from datasets import service
+from efficientnetv2.train import training
+from hparams import config as config_lib
+from tests.datasets_helpers import make_imagenet_dir
+from tests.training_helpers import tiny_config
+
+# Short heartbeats and timeouts: the dispatcher notices a stopped worker in about a second.
+DISPATCHER = dict(worker_timeout_ms=1000, job_gc_check_interval_ms=1000, job_gc_timeout_ms=1000)
+WORKER = dict(heartbeat_interval_ms=100, dispatcher_timeout_ms=5000)
+
+
+def _cluster():
+    dispatcher = service.start_dispatcher(**DISPATCHER)
+    address = dispatcher.target
+    return dispatcher, [service.start_worker(address, **WORKER) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    dispatcher, workers = _cluster()
+    yield dispatcher, workers
+    for server in workers + [dispatcher]:
+        server.stop()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+class ShapeRecorder(keras.callbacks.Callback):
+    """(epoch, images shape, labels shape) of every batch trained on; optionally calls
+    `on_batch(epoch, batch)` after each step."""
+
+    def __init__(self, on_batch=None):
+        super().__init__()
+        self.batches, self.epoch, self.on_batch, self.patched = [], None, on_batch, False
+
+    def on_train_begin(self, logs=None):
+        if self.patched:
+            return
+        original = self.model.train_step
+
+        def step(data):
+            tf.py_function(lambda i, l: self.batches.append(
+                (self.epoch, tuple(i.numpy()), tuple(l.numpy()))), [tf.shape(data[0]), tf.shape(data[1])], [])
+            return original(data)
+
+        self.model.train_step = step
+        self.patched = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.on_batch is not None:
+            self.on_batch(self.epoch, batch)
+
+
+def test_addresses_are_checked_by_the_config_and_the_parser():
+    config = tiny_config(**{"data.service_address": "grpc://dispatcher-0.example:5050"})
+    config_lib.validate(config)
+    assert service.parse_address(config.data.service_address) == ("dispatcher-0.example", 5050)
+    for bad in ("localhost:5050", "grpc://localhost", "http://localhost:5050", "grpc://a:b:1"):
+        with pytest.raises(config_lib.ConfigError, match="data.service_address.*grpc://HOST:PORT"):
+            config_lib.validate(tiny_config(**{"data.service_address": bad}))
+        with pytest.raises(ValueError, match="grpc://HOST:PORT"):
+            service.parse_address(bad)
+    assert config_lib.Config().data.service_address == ""
+
+
+def test_without_an_address_the_dataset_is_untouched():
+    dataset = tf.data.Dataset.range(3)
+    assert service.distribute(dataset, "", "unused") is dataset
+
+
+def test_unreachable_dispatcher_is_a_one_line_error_not_a_hang(tmp_path):
+    address = f"grpc://localhost:{_free_port()}"  # Nothing listens there.
+    with pytest.raises(service.ServiceUnavailable, match=f"dispatcher {address} is unreachable"):
+        service.distribute(tf.data.Dataset.range(3), address, "job")
+    with pytest.raises(service.ServiceUnavailable) as raised:  # Checked before the model is built.
+        training.train(tiny_config(**{"data.service_address": address}), str(tmp_path), verbose=0)
+    assert "\n" not in str(raised.value) and "python -m datasets.service dispatcher" in str(raised.value)
+    assert not os.path.exists(tmp_path / "config.yaml")
+
+
+def test_every_example_once_per_epoch_each_augmented_as_by_its_id(cluster, tmp_path):
+    """DYNAMIC sharding over two workers: the epoch's examples, each made once, each with the
+    crop/flip/RandAugment of the local pipeline keyed by id; only the order is the service's."""
+    dispatcher, workers = cluster
+    src = datasets.get_source("auto", make_imagenet_dir(str(tmp_path), train=12, num_shards=4))
+    kwargs = dict(batch_size=1, image_size=32, randaug_magnitude=10.0, seed=3, epoch=1, key_examples_by="id")
+
+    def images(dataset):
+        return sorted(batch[0].numpy().tobytes() for batch in dataset)
+
+    local = images(datasets.build_train_dataset(src, **kwargs))
+    served = images(service.distribute(datasets.build_train_dataset(src, **kwargs), dispatcher.target,
+                                       service.job_name(0, 1)))
+    assert len(local) == 12 and served == local
+    by_position = images(datasets.build_train_dataset(src, **{**kwargs, "key_examples_by": "position"}))
+    assert by_position != local  # The keys differ: the comparison above could fail.
+
+
+def test_progressive_run_through_two_workers_switches_shapes_with_the_stage(cluster, tmp_path):
+    dispatcher, workers = cluster
+    tasks_before = [w._num_tasks() for w in workers]
+    recorder = ShapeRecorder()
+    config = tiny_config(**{"data.service_address": dispatcher.target, "train.epochs": 2,
+                            "train.steps_per_epoch": 2, "progressive.mixup_end": 0.2})
+    result = training.train(config, str(tmp_path), verbose=0, callbacks=[recorder])
+    # Stage 1 (epoch 0) at 32 px, stage 2 (epoch 1) at 48 px with mixup; batch 8, 10 synthetic classes.
+    shapes = {}
+    for epoch, images, labels in recorder.batches:
+        shapes.setdefault(epoch, set()).add((images, labels))
+    assert shapes == {0: {((8, 32, 32, 3), (8, 10))}, 1: {((8, 48, 48, 3), (8, 10))}}
+    assert len(recorder.batches) == 2 * 2 and result["epoch"] == 2
+    assert (result["logs"]["image_size"], result["logs"]["stage"]) == (48, 2)
+    # A job per epoch, with tasks on both workers: the data was made by the service.
+    assert all(w._num_tasks() - before >= 2 for w, before in zip(workers, tasks_before))
+
+
+def test_a_worker_dying_mid_epoch_keeps_the_checkpoints(tmp_path):
+    dispatcher, workers = _cluster()
+    config = tiny_config(**{"data.service_address": dispatcher.target, "train.epochs": 3,
+                            "train.steps_per_epoch": 4, "progressive.num_stages": 1})
+    checkpoints = tmp_path / "checkpoints"
+    saved_before_the_kill = []
+
+    def kill_in_epoch_two(epoch, batch):
+        if epoch == 1 and batch == 0:
+            saved_before_the_kill.extend(sorted(os.listdir(checkpoints)))
+            workers[1].stop()
+
+    recorder = ShapeRecorder(on_batch=kill_in_epoch_two)
+    try:
+        result = training.train(config, str(tmp_path), verbose=0, callbacks=[recorder])
+        # The other worker carried on: the rest of epoch 2, and epoch 3 as a new job.
+        assert result["epoch"] == 3 and len(recorder.batches) == 3 * 4
+    except (tf.errors.OpError, training.DataExhausted) as e:  # Or a clear stop; then nothing is lost.
+        assert "epoch 2" in str(e) or "worker" in str(e).lower()
+    finally:
+        for server in workers + [dispatcher]:
+            server.stop()
+    assert saved_before_the_kill and set(saved_before_the_kill) <= set(os.listdir(checkpoints))
