@@ -80,6 +80,18 @@ def test_addresses_are_checked_by_the_config_and_the_parser():
     assert config_lib.Config().data.service_address == ""
 
 
+def test_a_dispatcher_with_a_work_dir_is_fault_tolerant_and_journals_there(tmp_path):
+    dispatcher = service.start_dispatcher(work_dir=str(tmp_path / "journal"))
+    worker = service.start_worker(dispatcher.target, **WORKER)
+    try:
+        dataset = service.distribute(tf.data.Dataset.range(5), dispatcher.target, service.job_name(0, 0))
+        assert sorted(int(x) for x in dataset) == [0, 1, 2, 3, 4]
+    finally:
+        worker.stop()
+        dispatcher.stop()
+    assert os.listdir(tmp_path / "journal")  # What a restarted dispatcher recovers its jobs from.
+
+
 def test_without_an_address_the_dataset_is_untouched():
     dataset = tf.data.Dataset.range(3)
     assert service.distribute(dataset, "", "unused") is dataset
