@@ -43,7 +43,7 @@ augmentation the paper trained with:
   m >= 10, i.e. change the strength of the paper's later stages; so the wrap stays.
 - Contrast blends towards a constant gray of min(H * W / 256, 255) (the pixel count of its
   histogram / 256), not the image's mean gray as PIL does: at the paper's sizes a 128 px image
-  is pulled towards 64, 224 px towards 196, 300 px and larger towards 255 (m = 15 at 300 px
+  is pulled towards 64, 224 px towards 196, 256 px and larger towards 255 (m = 15 at 300 px
   then blackens everything below about 164).  A bug, but the one the paper's numbers were
   measured with; the size dependence is part of what its progressive stages trained on, so it
   is reproduced (`contrast`), not fixed.  Test: test_contrast_blends_towards_pixel_count_gray.
