@@ -1,10 +1,13 @@
-"""Progressive learning, measured: the same model and epochs trained three ways, in one invocation.
+"""Progressive learning, measured: the same model and epochs trained four ways, in one invocation.
 
-    python benchmarks/progressive.py --data_dir ../shared/data/imagenette
+    python benchmarks/progressive.py --data_dir ../shared/data/imagenette --plot progressive.png
 
 (a) fixed: every epoch at the final image size with the final regularization;
 (b) progressive size, regularization fixed at its final value;
-(c) progressive size with adaptive regularization (the paper's method).
+(c) progressive size with adaptive regularization (the paper's method);
+(d) (c) with a per-stage batch (``progressive.batch_scaling=pixels``): early, small-image stages
+    train larger batches (as many pixels per step as the last stage, up to ``--max_batch_size``) at a
+    learning rate scaled with the batch, in fewer steps.
 
 The paper's EfficientNetV2-S setting (128 -> 300 px, eval 384, RandAugment 5 -> 15, dropout 0.1 -> 0.3,
 4 stages) is scaled to a 2-core CPU: sizes by 128/300 (128 -> 56 px start, 300 -> 128 px end, eval
@@ -15,9 +18,15 @@ Fairness on a shared machine: the three runs are interleaved epoch by epoch (eac
 ``training.train`` trains one epoch and returns; the next resumes from its checkpoint), so a change in
 machine load hits all three alike. The table's "train s" is the sum of the epochs' fit time (including
 the first step's trace in each call); "wall s" adds model building and checkpoint restore.
+
+Curves: every ``--eval_every`` epochs (and after the last) each run is evaluated (EMA weights, the
+eval size), outside the timed training; ``--plot FILE.png`` draws validation top-1 and training loss
+against training time for every run, stage boundaries marked (needs matplotlib, an optional extra).
+The numbers behind it are written to ``curves.json`` in the work folder.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -57,6 +66,9 @@ def make_config(args, mode):
         "eval.batch_size": 64,
         "eval.steps": args.eval_steps or None,
     }
+    if mode == "batch_scaling":
+        overrides.update({"progressive.batch_scaling": "pixels", "progressive.max_batch_size": args.max_batch_size})
+        mode = "adaptive"
     if mode == "fixed":
         overrides.update({  # One stage at the final values: training without progressive learning.
             "progressive.num_stages": 1,
@@ -81,6 +93,50 @@ def make_config(args, mode):
     return config_lib.apply_overrides(config, {k: str(v) for k, v in overrides.items()})
 
 
+NAMES = {"fixed": "(a) fixed size, final regularization",
+         "progressive_size": "(b) progressive size, fixed regularization",
+         "adaptive": "(c) progressive size + adaptive regularization",
+         "batch_scaling": "(d) (c) + per-stage batch size"}
+
+
+def plot(curves, path, title=""):
+    """Writes a PNG to ``path``: validation top-1 and training loss against training time, one line per
+    run, its stage boundaries marked by dotted lines of its colour. ``curves``: ``{mode: [point]}``,
+    each point a dict of ``train_s``, ``loss``, ``stage`` and (where evaluated) ``top1``."""
+    try:
+        import matplotlib  # noqa: PLC0415 (an optional extra: only --plot needs it)
+    except ImportError:
+        sys.exit("--plot needs matplotlib, which is not installed: pip install matplotlib "
+                 "(it is in the 'bench' extra: pip install -e '.[bench]')")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, (top1_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (mode, points) in enumerate(curves.items()):
+        color = f"C{index}"
+        label = NAMES.get(mode, mode)
+        evaluated = [p for p in points if p.get("top1") is not None]
+        top1_axes.plot([p["train_s"] for p in evaluated], [100 * p["top1"] for p in evaluated],
+                       "o-", color=color, label=label)
+        loss_axes.plot([p["train_s"] for p in points], [p["loss"] for p in points], ".-", color=color, label=label)
+        for before, after in zip(points, points[1:]):
+            if after["stage"] != before["stage"]:
+                for axes in (top1_axes, loss_axes):
+                    axes.axvline(before["train_s"], color=color, linestyle=":", alpha=0.6)
+    top1_axes.set(xlabel="training time (s, evaluation not counted)", ylabel="validation top-1 (%)",
+                  title="validation top-1 (EMA weights)")
+    loss_axes.set(xlabel="training time (s, evaluation not counted)", ylabel="training loss",
+                  title="training loss per epoch (dotted: stage boundaries)")
+    top1_axes.legend(loc="lower right", fontsize=8)
+    for axes in (top1_axes, loss_axes):
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -102,7 +158,11 @@ def main():
     parser.add_argument("--dropout_start", type=float, default=0.1)
     parser.add_argument("--dropout_end", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--modes", default="fixed,progressive_size,adaptive")
+    parser.add_argument("--max_batch_size", type=int, default=256, help="(d)'s largest global batch.")
+    parser.add_argument("--modes", default="fixed,progressive_size,adaptive,batch_scaling")
+    parser.add_argument("--eval_every", type=int, default=3, help="Evaluate every this many epochs (0: at the "
+                        "end only); the time is not counted as training time.")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="Write the curves as a PNG.")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
 
@@ -111,40 +171,51 @@ def main():
     work = args.work_dir or tempfile.mkdtemp(prefix="progressive-bench-")
     modes = args.modes.split(",")
     configs = {m: make_config(args, m) for m in modes}
-    stats = {m: {"train_s": 0.0, "wall_s": 0.0, "images": 0, "log": []} for m in modes}
+    stats = {m: {"train_s": 0.0, "wall_s": 0.0, "images": 0} for m in modes}
+    curves = {m: [] for m in modes}
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; runs in {work}", flush=True)
     for epoch in range(args.epochs):
         for mode in modes:
             start = time.perf_counter()
             result = training.train(configs[mode], os.path.join(work, mode), verbose=0, max_epochs=1)
             wall = time.perf_counter() - start
-            logs = result["logs"]
-            images = result["plan"].steps_per_epoch * result["plan"].global_batch
+            logs, plan = result["logs"], result["plan"]
+            params = plan.stages[int(logs["stage"]) - 1]
+            images = plan.stage_steps(params) * params.batch_size
             stats[mode]["wall_s"] += wall
             stats[mode]["train_s"] += images / logs["images_per_sec"]
             stats[mode]["images"] += images
-            print(f"epoch {epoch + 1:2d} {mode:17s} {int(logs['image_size']):4d} px  RandAugment "
-                  f"{logs['randaug_magnitude']:4.1f}  dropout {logs['dropout_rate']:.2f}  loss "
+            point = {"epoch": epoch + 1, "train_s": stats[mode]["train_s"], "loss": logs["loss"],
+                     "stage": params.stage + 1, "image_size": params.image_size, "batch_size": params.batch_size}
+            last = epoch + 1 == args.epochs
+            if last or (args.eval_every and (epoch + 1) % args.eval_every == 0):
+                point["top1"] = training.evaluate(configs[mode], os.path.join(work, mode))["top1"]
+                stats[mode]["top1"] = point["top1"]
+            curves[mode].append(point)
+            print(f"epoch {epoch + 1:2d} {mode:17s} {int(logs['image_size']):4d} px  batch {params.batch_size:4d}  "
+                  f"RandAugment {logs['randaug_magnitude']:4.1f}  dropout {logs['dropout_rate']:.2f}  loss "
                   f"{logs['loss']:.3f}  top1(train) {logs.get('top1', float('nan')):.3f}  "
-                  f"{logs['images_per_sec']:6.1f} img/s  {wall:6.1f} s", flush=True)
-    for mode in modes:
-        results = training.evaluate(configs[mode], os.path.join(work, mode))
-        stats[mode]["top1"] = results["top1"]
+                  f"{logs['images_per_sec']:6.1f} img/s  {wall:6.1f} s"
+                  + (f"  val top-1 {point['top1']:.3f}" if "top1" in point else ""), flush=True)
+    with open(os.path.join(work, "curves.json"), "w") as f:
+        json.dump(curves, f, indent=1)
     base = stats[modes[0]]
     print()
-    print(f"EfficientNetV2-B0 (width {args.width}, depth {args.depth}) on {args.data_dir}: {args.epochs} epochs, "
-          f"{args.stages} stages, batch {args.batch_size}, sizes {args.start_size}->{args.image_size} px, "
-          f"eval {args.eval_size} px (EMA weights), TF {tf.__version__}, {os.cpu_count()} cores")
+    title = (f"EfficientNetV2-B0 (width {args.width}, depth {args.depth}) on {os.path.basename(os.path.normpath(args.data_dir))}: "
+             f"{args.epochs} epochs, {args.stages} stages, batch {args.batch_size} ((d) up to {args.max_batch_size}), "
+             f"sizes {args.start_size}->{args.image_size} px, eval {args.eval_size} px (EMA weights), "
+             f"TF {tf.__version__}, {os.cpu_count()} cores")
+    print(title)
     print(f"| run | train s | wall s | images/s | val top-1 | train time vs (a) | top-1 vs (a) |")
     print(f"|---|---|---|---|---|---|---|")
-    names = {"fixed": "(a) fixed size, final regularization",
-             "progressive_size": "(b) progressive size, fixed regularization",
-             "adaptive": "(c) progressive size + adaptive regularization"}
     for mode in modes:
         s = stats[mode]
-        print(f"| {names.get(mode, mode)} | {s['train_s']:.0f} | {s['wall_s']:.0f} | "
+        print(f"| {NAMES.get(mode, mode)} | {s['train_s']:.0f} | {s['wall_s']:.0f} | "
               f"{s['images'] / s['train_s']:.1f} | {100 * s['top1']:.1f}% | "
               f"{s['train_s'] / base['train_s']:.2f}x | {100 * (s['top1'] - base['top1']):+.1f} pts |")
+    if args.plot:
+        plot(curves, args.plot, title)
+        print(f"Curves drawn in {args.plot}")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ class TrainConfig:
     init_checkpoint: str = ""
     # Largest total size an init_checkpoint archive (.tar/.tgz/.zip) may unpack to, in MiB.
     max_archive_mb: int = 4096
+    # Augmented training images written to TensorBoard (logs/stage_images) at the start of each
+    # progressive stage; 0 writes none.
+    log_stage_images: int = 4
 
 
 @dataclasses.dataclass
@@ -142,6 +145,12 @@ class ProgressiveConfig:
     dropout_end: typing.Optional[float] = None
     # Round stage image sizes to a multiple of this (0: no rounding); the last stage is exact.
     round_image_size_to: int = 8
+    # Per-stage global batch: "none" trains every stage at train.batch_size; "pixels" gives a stage at
+    # size S the batch train.batch_size * (S_e / S)^2 (as many pixels per step as the last stage),
+    # capped at max_batch_size (None: no cap), rounded down to a multiple of 8 and of the replica
+    # count, never below train.batch_size; its learning rate and steps per epoch follow the batch.
+    batch_scaling: str = "none"
+    max_batch_size: typing.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -170,6 +179,7 @@ CHOICES = {
     "train.loss": ("softmax", "sigmoid"),
     "train.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.jit_compile": ("auto", "true", "false"),
+    "progressive.batch_scaling": ("none", "pixels"),
 }
 
 
@@ -477,6 +487,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         "progressive.image_size_end": config.progressive.image_size_end,
         "model.width": config.model.width,
         "model.depth": config.model.depth,
+        "progressive.max_batch_size": config.progressive.max_batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -493,6 +504,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         "data.randaug_num_layers": config.data.randaug_num_layers,
         "progressive.round_image_size_to": config.progressive.round_image_size_to,
         "data.holdout_examples": config.data.holdout_examples,
+        "train.log_stage_images": config.train.log_stage_images,
     }.items():
         if value < 0:
             raise _rule(key, value, "must be >= 0")
@@ -516,6 +528,10 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
             config.train.batch_size,
             f"must be divisible by the number of replicas ({num_replicas})",
         )
+    max_batch = config.progressive.max_batch_size
+    if max_batch is not None and max_batch < config.train.batch_size:
+        raise _rule("progressive.max_batch_size", max_batch,
+                    f"must be >= train.batch_size ({config.train.batch_size}): it caps the larger early-stage batches")
     if config.eval.batch_size % num_replicas:
         raise _rule(
             "eval.batch_size",

@@ -108,3 +108,83 @@ def test_schedule_serializes():
     assert again.get_config() == s.get_config()
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         schedules.LearningRateSchedule(steps_per_epoch=7, peak=0.1, schedule="linear")
+
+
+@pytest.mark.parametrize(
+    "size, final, batch, scaling, cap, multiple, expected",
+    [
+        (56, 128, 64, "none", None, 8, 64),        # off: the configured batch
+        (56, 128, 64, "pixels", None, 8, 328),     # 64 * (128/56)^2 = 334.4 -> down to a multiple of 8
+        (80, 128, 64, "pixels", None, 8, 160),     # 163.8
+        (104, 128, 64, "pixels", None, 8, 96),     # 96.9
+        (128, 128, 64, "pixels", None, 8, 64),     # the last stage: the configured batch
+        (56, 128, 64, "pixels", 256, 8, 256),      # capped
+        (56, 128, 64, "pixels", 250, 8, 248),      # capped, then rounded down
+        (56, 128, 72, "pixels", None, 24, 360),    # 376.2 -> a multiple of lcm(8, 3 replicas)
+        (120, 128, 12, "pixels", None, 8, 12),     # 13.7 rounds to 8: never below the configured 12
+    ],
+)
+def test_stage_batch_size_table(size, final, batch, scaling, cap, multiple, expected):
+    assert schedules.stage_batch_size(size, final, batch, scaling, cap, multiple) == expected
+
+
+def test_learning_rate_follows_the_batch_by_the_optimizers_rule():
+    assert schedules.learning_rate_scale(256, 64, "linear") == 4.0
+    assert schedules.learning_rate_scale(256, 64, "sqrt") == 2.0
+    assert schedules.LR_BATCH_RULES == {"sgd": "linear", "rmsprop": "linear", "adamw": "sqrt"}
+    with pytest.raises(ValueError, match="unknown learning-rate batch rule 'cube'"):
+        schedules.learning_rate_scale(256, 64, "cube")
+    with pytest.raises(ValueError, match="unknown batch scaling 'area'"):
+        schedules.stage_batch_size(56, 128, 64, "area")
+
+
+def test_stage_params_carry_the_stage_batch_and_learning_rate_scale():
+    spec = ProgressiveSpec(image_size=(56, 128), randaug_magnitude=(2, 10), mixup_alpha=(0, 0), dropout_rate=(0.1, 0.3),
+                           batch_size=64, batch_scaling="pixels", lr_batch_rule="sqrt")
+    stages = [stage_params(i, 4, spec) for i in range(4)]
+    assert [s.image_size for s in stages] == [56, 80, 104, 128]
+    assert [s.batch_size for s in stages] == [328, 160, 96, 64]
+    assert [s.learning_rate_scale for s in stages] == pytest.approx([(328 / 64) ** 0.5, 2.5 ** 0.5, 1.5 ** 0.5, 1.0])
+    off = ProgressiveSpec(image_size=(56, 128), randaug_magnitude=(2, 10), mixup_alpha=(0, 0), dropout_rate=(0.1, 0.3),
+                          batch_size=64)
+    assert {(stage_params(i, 4, off).batch_size, stage_params(i, 4, off).learning_rate_scale) for i in range(4)} == {
+        (64, 1.0)}
+
+
+def test_segments_merge_stages_of_one_batch_and_map_steps_to_epochs_piecewise():
+    segments = schedules.step_segments([(0, 2), (2, 4), (4, 7), (7, 10)], [10, 10, 5, 3], [2.0, 2.0, 1.0, 1.0])
+    assert segments == ((4, 10, 2.0), (3, 5, 1.0), (3, 3, 1.0))
+    # 40 steps of 10 per epoch, then 15 of 5, then 3 per epoch.
+    for step, epoch in [(0, 0.0), (25, 2.5), (40, 4.0), (45, 5.0), (55, 7.0), (56, 7 + 1 / 3), (64, 10.0), (67, 11.0)]:
+        assert schedules.epoch_at_step(step, segments) == pytest.approx(epoch)
+    assert schedules.step_segments([(0, 3), (3, 6)], [7, 7], [1.0, 1.0]) == ((6, 7, 1.0),)
+
+
+@pytest.mark.parametrize("step", [0, 5, 20, 39, 40, 44, 45, 54, 55, 56, 64, 80])
+def test_schedule_over_segments_is_the_epoch_schedule_times_the_segments_scale(step):
+    segments = ((4, 10, 2.0), (3, 5, 1.0), (3, 3, 1.0))
+    kwargs = dict(peak=1.0, warmup_epochs=1, schedule="cosine", total_epochs=10, minimum=0.01)
+    epoch = schedules.epoch_at_step(step, segments)
+    scale = 2.0 if step < 40 else 1.0
+    # The same schedule on a plain epoch axis (3000 steps per epoch: every epoch here lands on a step).
+    plain = schedules.LearningRateSchedule(steps_per_epoch=3000, **kwargs)
+    expected = float(plain(round(epoch * 3000))) * scale
+    assert float(schedules.LearningRateSchedule(segments=segments, **kwargs)(step)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_segment_is_bit_identical_to_steps_per_epoch():
+    kwargs = dict(peak=0.256, warmup_epochs=5, decay_rate=0.97, decay_epochs=2.4, total_epochs=350)
+    plain = schedules.LearningRateSchedule(steps_per_epoch=312, **kwargs)
+    one = schedules.LearningRateSchedule(segments=((350, 312, 1.0),), **kwargs)
+    steps = [0, 1, 311, 312, 1559, 1560, 1561, 2308, 2309, 50_000, 109_199]
+    assert [float(plain(s)) for s in steps] == [float(one(s)) for s in steps]
+
+
+def test_schedule_with_segments_serializes_and_refuses_both_or_neither():
+    s = schedules.LearningRateSchedule(segments=((2, 10, 4.0), (3, 5, 1.0)), peak=0.1, schedule="cosine")
+    again = schedules.LearningRateSchedule.from_config(s.get_config())
+    assert again.get_config() == s.get_config() and float(again(12)) == float(s(12))
+    with pytest.raises(ValueError, match="exactly one"):
+        schedules.LearningRateSchedule(steps_per_epoch=10, segments=((2, 10, 1.0),), peak=0.1)
+    with pytest.raises(ValueError, match="exactly one"):
+        schedules.LearningRateSchedule(peak=0.1)

@@ -55,18 +55,26 @@ def test_run_folder_contents(tmp_path):
     assert logs["images_per_sec"] > 0
 
 
-def _scalars(folder):
-    """{tag: {step: value}} of the TensorBoard event files in ``folder``."""
+def _summaries(folder, plugin):
+    """``(step, value)`` of each summary of ``plugin`` ("scalars", "images") in ``folder``'s event files."""
     import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
-    scalars = {}
     for path in sorted(folder.glob("events.out.tfevents*")):
         for record in tf.data.TFRecordDataset(str(path)):
             event = event_pb2.Event.FromString(record.numpy())
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "scalars":  # not the model graph's text
-                    scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+                if value.metadata.plugin_data.plugin_name == plugin:  # not the model graph's text
+                    yield event.step, value
+
+
+def _scalars(folder):
+    """{tag: {step: value}} of the TensorBoard event files in ``folder``."""
+    import tensorflow as tf
+
+    scalars = {}
+    for step, value in _summaries(folder, "scalars"):
+        scalars.setdefault(value.tag, {})[step] = float(tf.make_ndarray(value.tensor))
     return scalars
 
 
@@ -211,3 +219,61 @@ def test_a_corrupt_shard_in_training_is_skipped_counted_and_not_fatal(tmp_path):
     result = training.train(config, str(tmp_path / "run"), verbose=0)
     assert result["epoch"] == 1  # The short epoch repeats from its start; the run goes on.
     assert result["logs"]["skipped_shards"] >= 1
+
+
+def _images(folder):
+    """{step: (tag, number of images, description)} of the image summaries in ``folder``'s event files."""
+    import tensorflow as tf
+
+    # An image summary is [width, height, png, png, ...].
+    return {step: (value.tag, tf.make_ndarray(value.tensor).shape[0] - 2, value.metadata.summary_description)
+            for step, value in _summaries(folder, "images")}
+
+
+def test_each_stage_start_writes_augmented_images_and_taking_them_changes_nothing(tmp_path):
+    config = tiny_config(**{"train.epochs": 2, "progressive.randaug_end": 9})
+    shown = training.train(config, str(tmp_path / "shown"), verbose=0)
+    images = _images(tmp_path / "shown" / "logs" / "stage_images")
+    # Two stages of one 3-step epoch each: at global steps 0 and 3.
+    assert sorted(images) == [0, 3]
+    assert images[0][:2] == ("augmented_images", 4) and images[3][:2] == ("augmented_images", 4)
+    assert "32 px, RandAugment magnitude 1.0" in images[0][2] and "48 px, RandAugment magnitude 9.0" in images[3][2]
+
+    off = training.train(tiny_config(**{"train.epochs": 2, "progressive.randaug_end": 9, "train.log_stage_images": 0}),
+                         str(tmp_path / "off"), verbose=0)
+    assert not (tmp_path / "off" / "logs" / "stage_images").exists()
+    for a, b in zip(_weights(shown), _weights(off)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plan_with_per_stage_batch():
+    import datasets
+
+    source = datasets.get_source("synthetic")
+    config = tiny_config(**{"progressive.batch_scaling": "pixels", "train.batch_size": 24, "train.steps_per_epoch": 10,
+                            "progressive.image_size_end": 64, "eval.image_size": 64, "eval.batch_size": 24})
+    plan = training.make_plan(config, source, num_replicas=3)
+    # 32 px: 24 * (64/32)^2 = 96 (a multiple of lcm(8, 3) = 24); 64 px: 24. Steps keep an epoch's 240 images.
+    assert [s.batch_size for s in plan.stages] == [96, 24]
+    assert [plan.stage_steps(s) for s in plan.stages] == [2, 10]
+    assert [s.learning_rate_scale for s in plan.stages] == [4.0, 1.0]
+    capped = training.make_plan(tiny_config(**{"progressive.batch_scaling": "pixels", "progressive.max_batch_size": 12,
+                                               "train.optimizer": "adamw"}), source)
+    assert [s.batch_size for s in capped.stages] == [8, 8]  # 18 capped at 12, rounded down to 8
+    sqrt = training.make_plan(tiny_config(**{"progressive.batch_scaling": "pixels", "train.optimizer": "adamw"}), source)
+    assert [s.batch_size for s in sqrt.stages] == [16, 8]
+    assert [s.learning_rate_scale for s in sqrt.stages] == pytest.approx([2 ** 0.5, 1.0])  # AdamW: square root
+    off = training.make_plan(tiny_config(), source)
+    assert [(s.batch_size, off.stage_steps(s), s.learning_rate_scale) for s in off.stages] == [(8, 3, 1.0)] * 2
+
+
+def test_per_stage_batch_settings_are_checked():
+    import datasets
+
+    source = datasets.get_source("synthetic")
+    with pytest.raises(ConfigError, match=r"'progressive.max_batch_size' = 4: must be >= train.batch_size \(8\)"):
+        training.make_plan(tiny_config(**{"progressive.max_batch_size": 4}), source)
+    with pytest.raises(ConfigError, match=r"'progressive.batch_scaling' got 'area'; expected one of \['none', 'pixels'\]"):
+        tiny_config(**{"progressive.batch_scaling": "area"})
+    with pytest.raises(ConfigError, match=r"'train.log_stage_images' = -1: must be >= 0"):
+        training.make_plan(tiny_config(**{"train.log_stage_images": -1}), source)

@@ -9,25 +9,36 @@ swap the dataset in the middle of a call. The trainer therefore calls ``fit`` on
    ``dataset_fn``; under a ``tf.distribute`` strategy via ``distribute_datasets_from_function``). Each
    stage has one static image size, so TPUs get static shapes.
 2. ``on_epoch_begin(e)``: at a stage boundary (or the first epoch after a restart) it sets the head
-   dropout rate and rebuilds the model's train function (``make_train_function(force=True)``). The
+   dropout rate and the EMA's decay per step (below) and rebuilds the model's train function (``make_train_function(force=True)``). The
    rebuilt function is traced once, on the first step of the stage, with the stage's image size and
    dropout; every later epoch of the stage reuses it. (Without the rebuild, Keras' ``reduce_retracing``
    would relax the image size to ``None`` at the second size and never trace again, keeping the old
    dropout rate.)
-3. ``on_epoch_end(e)``: adds ``stage``, ``image_size``, ``randaug_magnitude``, ``mixup_alpha`` and
-   ``dropout_rate`` to the epoch's logs, so the progress bar, TensorBoard and the CSV log show them.
+3. ``on_epoch_end(e)``: adds ``stage``, ``image_size``, ``batch_size``, ``randaug_magnitude``,
+   ``mixup_alpha`` and ``dropout_rate`` to the epoch's logs, so the progress bar, TensorBoard and the
+   CSV log show them.
 
-All four take effect at the first step of the new stage. Restarting inside stage ``i`` resumes with
-stage ``i``'s parameters because everything is a function of the epoch number (``schedules``).
+All of them take effect at the first step of the new stage. Restarting inside stage ``i`` resumes
+with stage ``i``'s parameters because everything is a function of the epoch number (``schedules``).
+
+A stage with a larger batch (``progressive.batch_scaling``) takes fewer steps per epoch; its
+learning rate is the schedule's business (``schedules.LearningRateSchedule(segments=...)``). The EMA
+of the weights averages over steps, so its decay per step becomes ``decay ** (stage batch / final
+batch)``: the average spans the same number of images in every stage (``decay`` itself when the
+batches agree).
+
+``StageImages`` writes a few augmented training images to TensorBoard at the start of each stage,
+so a person can see what the stage's RandAugment magnitude and mixup do to them.
 """
 
 from absl import logging
 import keras
+import tensorflow as tf
 
 from efficientnetv2.train import schedules
 from efficientnetv2.model import set_dropout_rate
 
-__all__ = ["ProgressiveLearning"]
+__all__ = ["ProgressiveLearning", "StageImages"]
 
 
 class ProgressiveLearning(keras.callbacks.Callback):
@@ -38,14 +49,16 @@ class ProgressiveLearning(keras.callbacks.Callback):
         total_epochs: the run's epochs; ``schedules.stage_epochs`` splits them between the stages.
         dataset_fn: ``dataset_fn(params, epoch, skip_steps) -> dataset`` builds one epoch's training
             data, without its first ``skip_steps`` steps (a run resumed inside the epoch).
+        ema_decay: the EMA decay per step at the last stage's batch (0 or None: no EMA to adjust).
     """
 
-    def __init__(self, stages, total_epochs, dataset_fn):
+    def __init__(self, stages, total_epochs, dataset_fn, ema_decay=None):
         super().__init__()
         self.stages = list(stages)
         self.total_epochs = int(total_epochs)
         self.bounds = schedules.stage_epochs(self.total_epochs, len(self.stages))
         self.dataset_fn = dataset_fn
+        self.ema_decay = ema_decay
         self.applied = None  # the StageParams the model's train function was built for
 
     def stage_for_epoch(self, epoch):
@@ -54,24 +67,41 @@ class ProgressiveLearning(keras.callbacks.Callback):
     def dataset_for_epoch(self, epoch, skip_steps=0):
         return self.dataset_fn(self.stage_for_epoch(epoch), epoch, skip_steps)
 
+    def starts_stage(self, epoch):
+        """Whether ``epoch`` is the first of its stage."""
+        return epoch == self.bounds[self.stage_for_epoch(epoch).stage][0]
+
+    def ema_decay_for(self, params):
+        """The EMA decay per step of a stage: the same images averaged over at every batch size."""
+        final_batch = self.stages[-1].batch_size
+        if not self.ema_decay or params.batch_size is None or params.batch_size == final_batch:
+            return self.ema_decay
+        return self.ema_decay ** (params.batch_size / final_batch)
+
     def on_epoch_begin(self, epoch, logs=None):
         params = self.stage_for_epoch(epoch)
         if params == self.applied:
             return
         start, end = self.bounds[params.stage]
         logging.info(
-            "Stage %d/%d (epochs %d-%d): image size %d px, RandAugment magnitude %.1f, "
-            "mixup alpha %.2f, dropout %.2f",
+            "Stage %d/%d (epochs %d-%d): image size %d px, global batch %s (learning rate x %.3g), "
+            "RandAugment magnitude %.1f, mixup alpha %.2f, dropout %.2f",
             params.stage + 1,
             params.num_stages,
             start + 1,
             end,
             params.image_size,
+            params.batch_size,
+            params.learning_rate_scale,
             params.randaug_magnitude,
             params.mixup_alpha,
             params.dropout_rate,
         )
         set_dropout_rate(self.model, params.dropout_rate)
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        if self.ema_decay and getattr(optimizer, "use_ema", False):
+            optimizer.ema_momentum = self.ema_decay_for(params)  # read when the train step is traced
         if getattr(self.model, "train_function", None) is not None:
             self.model.make_train_function(force=True)
         self.applied = params
@@ -83,8 +113,29 @@ class ProgressiveLearning(keras.callbacks.Callback):
         logs.update(
             stage=float(params.stage + 1),
             image_size=float(params.image_size),
+            **({} if params.batch_size is None else {"batch_size": float(params.batch_size)}),
             randaug_magnitude=params.randaug_magnitude,
             mixup_alpha=params.mixup_alpha,
             dropout_rate=params.dropout_rate,
         )
 
+
+
+class StageImages:
+    """Writes augmented training images to TensorBoard (``tf.summary.image``) in ``directory``, tagged
+    ``augmented_images`` at the global step, described by the stage's size, magnitude and alpha."""
+
+    def __init__(self, directory):
+        self.writer = tf.summary.create_file_writer(directory)
+
+    def write(self, images, params, step):
+        if images is None:
+            return
+        description = (f"Stage {params.stage + 1}/{params.num_stages}: {params.image_size} px, RandAugment "
+                       f"magnitude {params.randaug_magnitude:.1f}, mixup alpha {params.mixup_alpha:.2f}")
+        with self.writer.as_default():
+            tf.summary.image("augmented_images", images, step=step, max_outputs=int(images.shape[0]),
+                             description=description)
+        self.writer.flush()
+        logging.info("%s: %d augmented training images written to TensorBoard at step %d.", description,
+                     int(images.shape[0]), step)

@@ -67,8 +67,13 @@ class Plan:
     mixed_precision: str
     jit_compile: bool
 
+    def stage_steps(self, params):
+        """Steps per epoch of a stage: an epoch's images (``steps_per_epoch`` x ``global_batch``, both at
+        the configured batch) in the stage's batches; ``steps_per_epoch`` itself when they agree."""
+        return max(1, self.steps_per_epoch * self.global_batch // params.batch_size)
 
-def _progressive_spec(config, spec):
+
+def _progressive_spec(config, spec, num_replicas=1):
     p = config.progressive
 
     def pick(start, end, default):
@@ -80,6 +85,11 @@ def _progressive_spec(config, spec):
         mixup_alpha=pick(p.mixup_start, p.mixup_end, spec.mixup_alpha),
         dropout_rate=pick(p.dropout_start, p.dropout_end, spec.dropout),
         round_image_size_to=p.round_image_size_to,
+        batch_size=config.train.batch_size,
+        batch_scaling=p.batch_scaling,
+        max_batch_size=p.max_batch_size,
+        batch_multiple=math.lcm(8, num_replicas),
+        lr_batch_rule=schedules.LR_BATCH_RULES[config.train.optimizer],
     )
 
 
@@ -91,7 +101,7 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
     spec = get_variant(config.model.variant)
     config_lib.validate(config, num_replicas=num_replicas)  # The rules of single values first.
     epochs = config.train.epochs
-    pspec = _progressive_spec(config, spec)
+    pspec = _progressive_spec(config, spec, num_replicas)
     if pspec.image_size[0] > pspec.image_size[1] and config.progressive.num_stages > 1:
         raise config_lib.ConfigError(
             f"progressive image sizes {pspec.image_size[0]} -> {pspec.image_size[1]} shrink; set "
@@ -164,8 +174,12 @@ def _loss_and_metrics(config, plan):
 
 
 def _compile(config, plan, model):
+    # Defined on epochs: the stages' steps per epoch and learning-rate scales follow their batches.
+    segments = schedules.step_segments(schedules.stage_epochs(config.train.epochs, len(plan.stages)),
+                                       [plan.stage_steps(s) for s in plan.stages],
+                                       [s.learning_rate_scale for s in plan.stages])
     schedule = schedules.LearningRateSchedule(
-        steps_per_epoch=plan.steps_per_epoch,
+        segments=segments,
         peak=plan.peak_lr,
         warmup_epochs=config.train.warmup_epochs,
         schedule=config.train.lr_schedule,
@@ -265,9 +279,9 @@ class _RunMonitor(keras.callbacks.Callback):
     """Per-epoch bookkeeping: images/s and learning rate in the logs, the batch position for SIGTERM
     saves, and a stop on non-finite loss."""
 
-    def __init__(self, plan, first_step_in_epoch=0):
+    def __init__(self, global_batch, first_step_in_epoch=0):
         super().__init__()
-        self.plan = plan
+        self.global_batch = global_batch
         self.step_in_epoch = first_step_in_epoch
         self.nonfinite = None
         self.preempt_requested = threading.Event()
@@ -290,7 +304,7 @@ class _RunMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         if logs is not None:
-            logs["images_per_sec"] = self.batches * self.plan.global_batch / elapsed
+            logs["images_per_sec"] = self.batches * self.global_batch / elapsed
             # A short epoch of data repeats from its start (see _epoch_data): skipped files cost a
             # few repeated examples, never the run.
             images = datasets.skipped_images() - self.skipped_before[0]
@@ -382,7 +396,10 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
     model, optimizer, checkpoint = _build_and_restore(config, model_dir, strategy, plan, chief)
     epoch, step_in_epoch = checkpoint.position
     stages = progressive.ProgressiveLearning(plan.stages, config.train.epochs,
-                                             _epoch_data(config, plan, source, strategy))
+                                             _epoch_data(config, plan, source, strategy),
+                                             ema_decay=config.train.ema_decay)
+    stage_images = (progressive.StageImages(os.path.join(model_dir, "logs", "stage_images"))
+                    if chief and config.train.log_stage_images else None)
     tensorboard = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
     best = _BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if evaluate_each_epoch else None
     validation = _ValidationScalars(os.path.join(model_dir, "logs", "validation")) if best and chief else None
@@ -390,16 +407,20 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
     logs = {}
     while epoch < end:
         params = stages.stage_for_epoch(epoch)
-        monitor = _RunMonitor(plan, first_step_in_epoch=step_in_epoch)
+        steps = plan.stage_steps(params)
+        if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
+            stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
+                               params, int(optimizer.iterations.numpy()))
+        monitor = _RunMonitor(params.batch_size, first_step_in_epoch=step_in_epoch)
         header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
                   f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
         logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
-                          plan.steps_per_epoch - step_in_epoch, monitor,
+                          steps - step_in_epoch, monitor,
                           [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
                           verbose if chief else 0)
         _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
-        _stop_on_preemption_inside_the_epoch(monitor, epoch, plan, checkpoint)
-        _stop_on_exhausted_data(monitor, logs, epoch, plan, config, checkpoint)
+        _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint)
+        _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
         epoch, step_in_epoch = epoch + 1, 0
         path = checkpoint.save(epoch, 0)
         if best is not None:
@@ -427,6 +448,12 @@ def _log_run(config, strategy, plan, source, device):
         plan.global_batch, strategy.num_replicas_in_sync, device, plan.mixed_precision,
         plan.jit_compile, plan.peak_lr,
     )
+    if config.progressive.batch_scaling != "none":
+        logging.info("Per-stage batch (progressive.batch_scaling=%s): global batch %s, steps per epoch %s, "
+                     "learning rate x %s (%s rule for %s)", config.progressive.batch_scaling,
+                     [s.batch_size for s in plan.stages], [plan.stage_steps(s) for s in plan.stages],
+                     [round(s.learning_rate_scale, 3) for s in plan.stages],
+                     schedules.LR_BATCH_RULES[config.train.optimizer], config.train.optimizer)
 
 
 def _build_and_restore(config, model_dir, strategy, plan, chief):
@@ -468,7 +495,7 @@ def _epoch_data(config, plan, source, strategy):
             batches = _batches_per_step(context)
             dataset = datasets.build_train_dataset(
                 source,
-                batch_size=context.get_per_replica_batch_size(plan.global_batch),
+                batch_size=context.get_per_replica_batch_size(params.batch_size),
                 image_size=params.image_size,
                 randaug_magnitude=params.randaug_magnitude,
                 randaug_num_layers=config.data.randaug_num_layers,
@@ -484,11 +511,25 @@ def _epoch_data(config, plan, source, strategy):
             dataset = datasets.service.distribute(
                 dataset.repeat(), config.data.service_address,
                 datasets.service.job_name(params.stage, epoch, context.input_pipeline_id))
-            return dataset.take(plan.steps_per_epoch * batches).skip(skip_steps * batches)
+            return dataset.take(plan.stage_steps(params) * batches).skip(skip_steps * batches)
 
         return strategy.distribute_datasets_from_function(per_pipeline)
 
     return data
+
+
+def _augmented_images(config, source, params, epoch, count):
+    """The first ``count`` training images of ``epoch`` as its stage augments them (RandAugment; mixup
+    and CutMix within these ``count``), in [0, 1], from a tiny pipeline of their own. The training data
+    is a pure function of (seed, epoch), so taking them changes nothing in the run."""
+    dataset = datasets.build_train_dataset(
+        source, batch_size=count, image_size=params.image_size, randaug_magnitude=params.randaug_magnitude,
+        randaug_num_layers=config.data.randaug_num_layers, mixup_alpha=params.mixup_alpha,
+        cutmix_alpha=config.data.cutmix_alpha, seed=config.train.seed, epoch=epoch,
+    )
+    for images, _ in dataset.take(1):
+        return tf.clip_by_value(images / 255.0, 0.0, 1.0)
+    return None  # Fewer than ``count`` training examples.
 
 
 def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose):
@@ -513,21 +554,21 @@ def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
         )
 
 
-def _stop_on_preemption_inside_the_epoch(monitor, epoch, plan, checkpoint):
-    """SIGTERM before the epoch's end: save the position inside the epoch and stop."""
-    if monitor.preempt_requested.is_set() and monitor.step_in_epoch < plan.steps_per_epoch:
+def _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint):
+    """SIGTERM before the epoch's end (of ``steps``): save the position inside the epoch and stop."""
+    if monitor.preempt_requested.is_set() and monitor.step_in_epoch < steps:
         path = checkpoint.save(epoch, monitor.step_in_epoch)
         raise Preempted(
-            f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{plan.steps_per_epoch}; "
+            f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{steps}; "
             f"checkpoint {path}. Run the same command to resume."
         )
 
 
-def _stop_on_exhausted_data(monitor, logs, epoch, plan, config, checkpoint):
-    if monitor.step_in_epoch < plan.steps_per_epoch:
+def _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint):
+    if monitor.step_in_epoch < steps:
         raise DataExhausted(
             f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
-            f"{plan.steps_per_epoch} steps ({int(logs.get('skipped_images', 0))} images skipped as "
+            f"{steps} steps ({int(logs.get('skipped_images', 0))} images skipped as "
             f"undecodable and {int(logs.get('skipped_shards', 0))} TFRecord shards cut short as corrupt "
             f"in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
             f"change? Not saving this epoch; the last good checkpoint is "
