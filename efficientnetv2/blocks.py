@@ -28,9 +28,14 @@ CONV_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
     "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
 }
+# The classifier's scale follows its inputs (fan_in), not the class count: the reference's fan_out gives
+# logits an initial scale that grows as 1 / sqrt(num_classes), right at 1,000 classes (bound 0.032; fan_in
+# over B0's 1,280 features gives 0.028) but 10 times too large at 10: a from-scratch 10-class run then
+# starts with logits of std 2.8 in training mode, a loss of 3.35 (ln 10 = 2.30) and 7x larger gradients,
+# and learns markedly slower in its first epochs than keras' own head (measured on imagenette).
 DENSE_KERNEL_INITIALIZER = {
     "class_name": "VarianceScaling",
-    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
 }
 
 

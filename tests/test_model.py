@@ -143,3 +143,20 @@ def test_keras_file_round_trip_without_custom_objects(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)  # safe_mode stays on: no Lambda layers anywhere
     np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_classifier_starts_with_logits_of_the_same_scale_whatever_the_class_count(num_classes):
+    """The classifier's initial weights scale with its inputs only: 10 classes start like 1,000 do, with
+    logits well below 1 (a from-scratch 10-class run must not start above the loss ln(num_classes))."""
+    keras.utils.set_random_seed(0)
+    model = build_model("b0", num_classes=num_classes, input_shape=(64, 64, 3), width=0.25, depth=0.25)
+    kernel = np.array(model.get_layer("predictions").kernel)
+    fan_in = kernel.shape[0]
+    np.testing.assert_allclose(kernel.var(), 1 / (3 * fan_in), rtol=0.1)
+    images = np.random.default_rng(0).uniform(0, 255, (32, 64, 64, 3)).astype("float32")
+    logits = np.array(model(images, training=True))
+    assert logits.std() < 0.5, logits.std()
+    labels = np.eye(num_classes)[np.arange(32) % num_classes]
+    loss = float(keras.losses.categorical_crossentropy(labels, logits, from_logits=True).numpy().mean())
+    assert loss < np.log(num_classes) + 0.2, loss
