@@ -3,69 +3,114 @@
 tf.data has no try/except: `Dataset.ignore_errors()` drops failing elements silently.  Here each
 element is processed inside its own one-element dataset; a failure leaves it empty and a
 placeholder marked "failed" takes its place.  Failed elements are counted (and the first ones
-logged by id) in this process, then filtered out.  The extra per-element dataset costs some tens
-of microseconds, small next to decoding an image.
+named), then filtered out.  The extra per-element dataset costs some tens of microseconds, small
+next to decoding an image.
 
 Only errors raised by `fn` are skipped; errors upstream (a label out of range) still stop the
 pipeline.  A corrupt or truncated TFRecord shard is read up to the damage; `datasets.tfrecord`
-reports it here (`record_skipped_shard`), and `skipped_shards()` counts it.
+reports it here (`count_skipped_shard`), and `skipped_shards()` counts it.
+
+Graph ops only, no `tf.py_function`: a TPU's input pipeline on a remote host and a tf.data service
+worker in another process run this graph without the Python interpreter that built it.  So:
+- the warnings are `tf.print`s to stderr, which lands in the log of whichever process runs the
+  pipeline (a service worker's warnings are in that worker's log, where its files are);
+- the counts are two int64 `tf.Variable`s on this host's CPU, captured by the dataset functions and
+  read by `skipped_images()` / `skipped_shards()`: exact for a pipeline run in this process.  A
+  dataset sent to tf.data service is serialized with a copy of each variable (its value then); the
+  worker counts in its copy, so the trainer's counts stay 0 for skips made by service workers (its
+  epoch logs say 0; the workers' logs name every skipped shard and the first images).  Rejected:
+  counting by appending lines to a file (`tf.print(output_stream="file://...")`): the path would have
+  to exist on every worker, and appends from several processes to a file on a cloud file system
+  overwrite each other; exact in-process counts are what the trainer needs.
 """
 
+import concurrent.futures
+import sys
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
-from absl import logging
 
 _MAX_LOGGED = 100
 
 _lock = threading.Lock()
-_skipped = 0
-_skipped_shards = 0
+_counters: Optional[dict] = None
+
+
+def _make_counters() -> dict:
+    with tf.device("/CPU:0"):
+        return {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"skipped_{name}")
+                for name in ("images", "shards")}
+
+
+def _counter(name: str) -> tf.Variable:
+    """This process' count of skipped `name` ("images" or "shards"), created on first use.
+
+    Created eagerly, on the CPU, and never by a `tf.distribute` strategy: within a strategy's scope
+    (datasets may be built there) a variable would be mirrored over the replicas' devices (on a TPU,
+    out of the input pipeline's reach).  Strategy scopes and graph contexts are per thread, so the
+    variables are made in a thread of their own.
+    """
+    global _counters
+    with _lock:
+        if _counters is None:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                _counters = pool.submit(_make_counters).result()
+    return _counters[name]
+
+
+def _count(name: str) -> int:
+    return 0 if _counters is None else int(_counters[name].read_value())
 
 
 def skipped_images() -> int:
-    """How many images this process skipped as undecodable so far (all pipelines, all epochs).
+    """How many images this process' pipelines skipped as undecodable so far (all pipelines, all
+    epochs; not those skipped by tf.data service workers).
 
     Read it before and after an epoch for that epoch's count.  Elements in flight count once
     they reach the point where they are dropped.
     """
-    return _skipped
+    return _count("images")
 
 
 def skipped_shards() -> int:
     """How many TFRecord shard reads this process cut short at damage so far (all pipelines, all
-    epochs; a damaged shard counts once per pass over it, like an undecodable image)."""
-    return _skipped_shards
+    epochs; a damaged shard counts once per pass over it, like an undecodable image; not those read
+    by tf.data service workers)."""
+    return _count("shards")
 
 
-def record_skipped_shard(shard: str, records_read: int, bytes_read: int, size: int) -> None:
-    """Count one shard read cut short and log which shard and how much of it was read.
-
-    `size` is the shard's size in bytes when it was opened, -1 when it could not be opened.
-    """
-    global _skipped_shards
-    with _lock:
-        _skipped_shards += 1
-        count = _skipped_shards
-    if size < 0:
-        what = "could not be opened; skipped it"
-    else:
-        what = (f"is corrupt or truncated: read {records_read} records ({bytes_read} of {size} "
-                "bytes), skipped the rest of it")
-    logging.warning("TFRecord shard %s %s (%d shard(s) cut short so far)", shard, what, count)
+def _warn(*parts) -> tf.Operation:
+    """Prints "WARNING: " and `parts` (strings and scalar tensors) as one line on stderr."""
+    text = [p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p) for p in parts]
+    # One scalar string: tf.print would quote the strings of a longer list.
+    return tf.print(tf.strings.join(["WARNING: ", *text]), output_stream=sys.stderr)
 
 
-def _record_skipped(example_id: tf.Tensor) -> bool:
-    global _skipped
-    with _lock:
-        _skipped += 1
-        count = _skipped
-    if count <= _MAX_LOGGED:
-        logging.warning("skipped undecodable image %s (%d skipped so far%s)",
-                        example_id.numpy().decode("utf-8", "replace"), count,
-                        "; no more will be logged one by one" if count == _MAX_LOGGED else "")
-    return False
+def count_skipped_shard(shard: tf.Tensor, opened: tf.Tensor, records_read: tf.Tensor,
+                        bytes_read: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Graph ops that count one shard read cut short and warn which shard and how much of it was
+    read; a False that depends on them.  `opened`: False when the shard could not be opened."""
+    count = _counter("shards").assign_add(1)
+    what = tf.cond(opened, lambda: tf.strings.join([
+        "is corrupt or truncated: read ", tf.strings.as_string(records_read), " records (",
+        tf.strings.as_string(bytes_read), " of ", tf.strings.as_string(size),
+        " bytes), skipped the rest of it"]), lambda: tf.constant("could not be opened; skipped it"))
+    with tf.control_dependencies([_warn("TFRecord shard ", shard, " ", what, " (", count,
+                                        " shard(s) cut short so far)")]):
+        return tf.constant(False)
+
+
+def _count_skipped_image(example_id: tf.Tensor) -> tf.Tensor:
+    count = _counter("images").assign_add(1)
+
+    def warn():
+        last = tf.where(count == _MAX_LOGGED, "; no more will be logged one by one", "")
+        with tf.control_dependencies([_warn("skipped undecodable image ", example_id, " (", count,
+                                            " skipped so far", last, ")")]):
+            return tf.constant(False)
+
+    return tf.cond(count <= _MAX_LOGGED, warn, lambda: tf.constant(False))
 
 
 def _placeholder(spec):
@@ -89,7 +134,7 @@ def map_skipping_errors(dataset: tf.data.Dataset, fn: Callable, id_fn: Callable,
         return first.map(lambda output, ok: (output, ok, example_id))
 
     def count_failure(output, ok, example_id):
-        ok = tf.cond(ok, lambda: ok, lambda: tf.py_function(_record_skipped, [example_id], tf.bool))
+        ok = tf.cond(ok, lambda: ok, lambda: _count_skipped_image(example_id))
         return output, ok
 
     return (dataset

@@ -10,8 +10,22 @@ counts it (once per pass, train and eval alike).  A shard that cannot be opened 
 vanished or is unreadable) is skipped the same way.  The epoch then runs short of the examples
 counted before; the trainer fills its steps by repeating the epoch from its start and logs the
 count.  Healthy shards are read exactly as before: the same records in the same order.
+
+The reading graph calls no Python (TPU input on a remote host and tf.data service workers in
+another process run it without this interpreter), so what needs the file system is split in two:
+- each shard's size is taken on the host, once per source (`shard_sizes`: one `stat` per shard, in
+  parallel for cloud file systems; the record-count cache's fingerprint uses the same sizes), and
+  read with it as the dataset element (name, size);
+- whether the shard is there is asked at read time by a graph op (`tf.io.matching_files` on the
+  name, glob characters escaped: one `stat` on a local or cloud file system), and a shard that is
+  not there, or had no size, is never opened: `ignore_errors` would retry opening it forever.
+A shard replaced by a smaller one after its size was taken is reported as cut short; one that
+vanishes between the check and the opening would still retry, as before.
+Warnings and counts are graph ops of `datasets.skipping` (see there for what the trainer counts
+under tf.data service).
 """
 
+import concurrent.futures
 import json
 import os
 from typing import Callable, List, Optional
@@ -42,45 +56,46 @@ def find_shards(data_dir: str, pattern: str) -> List[str]:
                   if not tf.io.gfile.isdir(f))
 
 
-def count_records(files: List[str]) -> int:
-    """Records in `files` (of a damaged shard, those before the damage)."""
-    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+def shard_sizes(files: List[str]) -> List[int]:
+    """Each file's size in bytes, -1 for one that cannot be stat'ed (it is then skipped when read)."""
+    def size(path):
+        try:
+            return tf.io.gfile.stat(path).length
+        except (tf.errors.OpError, OSError):
+            return -1
+
+    with concurrent.futures.ThreadPoolExecutor(min(32, len(files) or 1)) as pool:
+        return list(pool.map(size, files))
+
+
+def count_records(files: List[str], sizes: List[int]) -> int:
+    """Records in `files` of `sizes` (of a damaged shard, those before the damage)."""
+    dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64))).interleave(
         read_shard, cycle_length=CYCLE_LENGTH, num_parallel_calls=tf.data.AUTOTUNE)
     return int(dataset.map(lambda record, record_id: record).batch(4096).reduce(
         tf.constant(0, tf.int64), lambda n, batch: n + tf.size(batch, tf.int64)))
 
 
-def _shard_size(shard: tf.Tensor) -> int:
-    """The shard's size in bytes; -1 (reported as skipped) when it cannot be opened."""
-    path = shard.numpy().decode("utf-8", "replace")
-    try:
-        return tf.io.gfile.stat(path).length
-    except (tf.errors.OpError, OSError):
-        skipping.record_skipped_shard(path, 0, 0, -1)
-        return -1
+def _exists(path: tf.Tensor) -> tf.Tensor:
+    """Whether the file `path` exists, by a graph op (glob characters in the name escaped)."""
+    return tf.size(tf.io.matching_files(tf.strings.regex_replace(path, r"([*?\[\\])", r"\\\1"))) > 0
 
 
-def _report_cut_short(shard: tf.Tensor, records_read: tf.Tensor, bytes_read: tf.Tensor,
-                      size: tf.Tensor) -> bool:
-    skipping.record_skipped_shard(shard.numpy().decode("utf-8", "replace"), int(records_read),
-                                  int(bytes_read), int(size))
-    return False
-
-
-def read_shard(shard: tf.Tensor) -> tf.data.Dataset:
-    """(serialized record, "shard:record number") for every record of one shard, up to any damage.
+def read_shard(shard: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+    """(serialized record, "shard:record number") for every record of one shard of `size` bytes, up
+    to any damage.
 
     `ignore_errors` ends the shard at a corrupt or truncated record (TFRecordDataset moves past
     the file on such an error) without saying which shard; so the bytes read are summed, and at
     the end of the shard a sum short of its size is reported naming it.  A shard that cannot be
-    opened would make `ignore_errors` retry forever: its size is taken first, and a shard without
-    one is never opened (one that vanishes in the moment between the two would still retry).
-    The end-of-shard check is filtered out inside this dataset, so an
-    interleave of shards sees the same elements in the same order as plain TFRecordDatasets.
+    opened would make `ignore_errors` retry forever: one without a size (-1) or not found now is
+    never opened, and reported instead.  The end-of-shard check is filtered out inside this
+    dataset, so an interleave of shards sees the same elements in the same order as plain
+    TFRecordDatasets.
     """
-    size = tf.py_function(_shard_size, [shard], tf.int64)
+    opened = (size >= 0) & _exists(shard)
     records = (tf.data.Dataset.from_tensors(shard)
-               .filter(lambda _: size >= 0)
+               .filter(lambda _: opened)
                .flat_map(lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER))
                .ignore_errors())
     end = tf.data.Dataset.from_tensors((tf.constant(b""), False))
@@ -95,9 +110,8 @@ def read_shard(shard: tf.Tensor) -> tf.data.Dataset:
 
     def keep(record, index, bytes_read, is_record):
         def at_end():
-            complete = (size < 0) | (bytes_read == size)
-            return tf.cond(complete, lambda: False, lambda: tf.py_function(
-                _report_cut_short, [shard, index, bytes_read, size], tf.bool))
+            return tf.cond(opened & (bytes_read >= size), lambda: False,
+                           lambda: skipping.count_skipped_shard(shard, opened, index, bytes_read, size))
         return tf.cond(is_record, lambda: True, at_end)
 
     return (records.map(lambda record: (record, True)).concatenate(end)
@@ -146,6 +160,13 @@ class TFRecordSource(Source):
             self.num_classes = num_classes or default
         self._parse: Callable = records.parse_imagenet21k if multi_label else records.parse_imagenet
         self._counts = records.read_counts_file(data_dir) or {}
+        self._sizes = {}  # Shard path -> bytes, taken once (`sizes`).
+
+    def sizes(self, files: List[str]) -> List[int]:
+        """The sizes of `files` (shards of this source), stat'ed the first time they are asked for."""
+        missing = [f for f in files if f not in self._sizes]
+        self._sizes.update(zip(missing, shard_sizes(missing)))
+        return [self._sizes[f] for f in files]
 
     def num_examples(self, split: str) -> int:
         """Records of a split, read from the first of: ``num_examples.json`` in the data folder, the
@@ -184,7 +205,8 @@ class TFRecordSource(Source):
     def _cached_count(self, key: str, split: str) -> int:
         files = self._files[split]
         # The cache holds the shards it counted, by name and size: other shards, another count.
-        fingerprint = [[os.path.basename(f), tf.io.gfile.stat(f).length] for f in files]
+        sizes = self.sizes(files)
+        fingerprint = [[os.path.basename(f), size] for f, size in zip(files, sizes)]
         path = os.path.join(self.count_cache_dir, COUNT_CACHE_FILENAME) if self.count_cache_dir else None
         cache = {}
         if path and tf.io.gfile.exists(path):
@@ -196,7 +218,7 @@ class TFRecordSource(Source):
                 return int(entry["count"])
         logging.info("counting %s records in %d shards of %s (once%s)", key, len(files), self.data_dir,
                      f"; cached in {path}" if path else "")
-        count = count_records(files)
+        count = count_records(files, sizes)
         if path:
             cache.setdefault(self.data_dir, {})[key] = {"count": count, "shards": fingerprint}
             tmp = f"{path}.tmp-{os.getpid()}"  # Several workers may write the same cache.
@@ -217,8 +239,9 @@ class TFRecordSource(Source):
         file_seed, block_seed = (None, None) if seed is None else tf.unstack(
             tf.random.experimental.stateless_split(seed, 2))
         cycle_length = min(len(files), CYCLE_LENGTH)
-        files = tf.gather(files, ordering.permutation(len(files), file_seed))
-        dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+        order = ordering.permutation(len(files), file_seed)
+        shards = (tf.gather(files, order), tf.gather(tf.constant(self.sizes(files), tf.int64), order))
+        dataset = tf.data.Dataset.from_tensor_slices(shards).interleave(
             read_shard, cycle_length=cycle_length,
             block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         keep = self._holdout_filter(check_split(split))

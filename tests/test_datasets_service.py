@@ -1,7 +1,12 @@
-"""datasets/service.py: training through a tf.data service dispatcher and two workers, in process."""
+"""datasets/service.py: training through a tf.data service dispatcher and two workers, in process; TFRecord
+shards through a worker in a process of its own (no Python callbacks there), and no Python callback in
+the graphs the workers run."""
 
 import os
 import socket
+import subprocess
+import sys
+import time
 
 import keras
 import pytest
@@ -11,7 +16,8 @@ import datasets
 from datasets import service
 from efficientnetv2.train import training
 from hparams import config as config_lib
-from tests.datasets_helpers import make_imagenet_dir
+from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image,
+                                    write_imagenet_shards)
 from tests.training_helpers import tiny_config
 
 # Short heartbeats and timeouts: the dispatcher notices a stopped worker in about a second.
@@ -166,3 +172,70 @@ def test_a_worker_dying_mid_epoch_keeps_the_checkpoints(tmp_path):
         for server in workers + [dispatcher]:
             server.stop()
     assert saved_before_the_kill and set(saved_before_the_kill) <= set(os.listdir(checkpoints))
+
+
+def _op_names(dataset):
+    """Every op in `dataset`'s graph, the functions of its maps, filters and interleaves included."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    return {node.op for node in graph.node} | {
+        node.op for function in graph.library.function for node in function.node_def}
+
+
+@pytest.mark.parametrize("layout", ["imagenet", "folder"])
+def test_the_input_graphs_hold_no_python_callback(tmp_path, layout):
+    root = str(tmp_path)
+    if layout == "imagenet":
+        make_imagenet_dir(root, train=4, validation=2)
+    else:
+        make_folder(os.path.join(root, "train"), {"a": 2, "b": 2})
+        make_folder(os.path.join(root, "val"), {"a": 1, "b": 1})
+    src = datasets.get_source("auto", root)
+    graphs = [datasets.build_train_dataset(src, batch_size=2, image_size=16, randaug_magnitude=5.0,
+                                           mixup_alpha=0.2, key_examples_by=key) for key in ("position", "id")]
+    graphs.append(datasets.build_eval_dataset(src, batch_size=2, image_size=16))
+    for dataset in graphs:
+        ops = _op_names(dataset)
+        # The walk sees inside the functions of maps and interleaves: it could find a callback.
+        assert {"TFRecordDataset" if layout == "imagenet" else "ReadFile", "MapDataset"} <= ops
+        assert not {op for op in ops if "PyFunc" in op}
+
+
+def test_tfrecord_shards_through_a_worker_in_another_process(tmp_path):
+    """A worker in a process of its own has none of the trainer's Python callbacks: the pipeline must
+    be graph only.  Its damaged shard and undecodable image are skipped and named in that worker's log."""
+    root = str(tmp_path / "data")
+    images = [jpeg_bytes(smooth_image(i)) for i in range(8)]
+    images[2] = b"not an image"
+    write_imagenet_shards(root, "train", images, [i % 3 for i in range(8)], num_shards=2)
+    write_imagenet_shards(root, "validation", images[:2], [0, 1], num_shards=1)
+    src = datasets.get_source("imagenet", root)  # Counted before the damage.
+    damaged = os.path.join(root, "train-00001-of-00002")  # Records 1, 3, 5, 7: cut inside the second.
+    with open(damaged, "r+b") as f:
+        f.truncate(int.from_bytes(f.read(8), "little") + 16 + 20)  # Record = length, CRC, data, CRC.
+    dispatcher = service.start_dispatcher(**DISPATCHER)
+    log = tmp_path / "worker.log"
+    with open(log, "w") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "datasets.service", "worker", "--dispatcher", dispatcher.target,
+             "--host", "localhost"], stdout=stderr, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while dispatcher._num_workers() < 1:
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        counts_before = datasets.skipped_images(), datasets.skipped_shards()
+        dataset = service.distribute(
+            datasets.build_train_dataset(src, batch_size=1, image_size=16, seed=1, key_examples_by="id"),
+            dispatcher.target, service.job_name(0, 0))
+        ids = sorted(int(label.numpy().argmax()) for _, label in dataset)
+        # The worker counts in its own copy of the counters: this process' counts do not move.
+        assert (datasets.skipped_images(), datasets.skipped_shards()) == counts_before
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        dispatcher.stop()
+    # Shard 0 (records 0, 2, 4, 6: labels 0, -, 1, 0) but its undecodable record 2; of shard 1 record 1.
+    text = log.read_text()
+    assert ids == [0, 0, 1, 1], text[-2000:]
+    assert f"TFRecord shard {damaged} is corrupt or truncated" in text
+    assert f"skipped undecodable image {os.path.join(root, 'train-00000-of-00002')}:1 (" in text

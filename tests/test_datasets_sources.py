@@ -230,7 +230,7 @@ def test_record_counts_are_cached_in_the_run_folder_and_recounted_when_shards_ch
         assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 12
     assert "counting train records" in caplog.text and os.path.isfile(os.path.join(run, "data_counts.json"))
 
-    def refuse(files):
+    def refuse(*args):
         raise AssertionError("counted again")
 
     monkeypatch.setattr(tfrecord, "count_records", refuse)
@@ -251,9 +251,20 @@ def test_the_standard_imagenet_layout_is_not_counted(tmp_path, monkeypatch):
         for index in range(shards):
             open(os.path.join(tmp_path, records.shard_name(split, index, shards)), "wb").close()
 
-    def refuse(files):
+    def refuse(*args):
         raise AssertionError("counted")
 
     monkeypatch.setattr(tfrecord, "count_records", refuse)
     source = datasets.get_source("imagenet", str(tmp_path))
     assert (source.num_examples("train"), source.num_examples("eval")) == (1_281_167, 50_000)
+
+
+def test_each_shard_is_stat_ed_once_for_counting_and_every_epoch(tmp_path, monkeypatch):
+    root = make_imagenet_dir(str(tmp_path), train=6, validation=2, num_shards=2)
+    src = datasets.get_source("imagenet", root)
+    stat, stats = tf.io.gfile.stat, []
+    monkeypatch.setattr(tf.io.gfile, "stat", lambda path: stats.append(path) or stat(path))
+    assert src.num_examples("train") == 6  # Counting: a size per shard (also the count's fingerprint).
+    for epoch in range(2):
+        assert len(list(src.examples("train", seed=tf.constant([0, epoch], tf.int64)))) == 6
+    assert sorted(stats) == sorted(tf.io.gfile.glob(os.path.join(root, "train-*")))
