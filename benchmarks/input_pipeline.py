@@ -138,8 +138,8 @@ def time_service(src, args, image_size: int):
     """Rows of the full pipeline with 0, 1, 2... local tf.data service workers, as training
     builds it (the epoch repeated on the workers, keyed by example id).
 
-    `src` is the folder of JPEGs, not the TFRecords: the TFRecord reader calls `tf.py_function`
-    for every shard, which a worker in another process cannot run (see the README).
+    `src` is the JPEG folder (`--images`), as when these figures were first measured; TFRecords run on
+    workers in other processes too (the input graph holds no Python function).
     """
     for num_workers in (int(n) for n in args.service_workers.split(",")):
         with local_service(num_workers) as (address, pids):
