@@ -43,6 +43,7 @@ def _make_counters() -> dict:
                 for name in ("images", "shards")}
 
 
+@tf.autograph.experimental.do_not_convert  # Called while dataset functions are traced; plain Python.
 def _counter(name: str) -> tf.Variable:
     """This process' count of skipped `name` ("images" or "shards"), created on first use.
 
