@@ -35,7 +35,6 @@ import warnings
 from datasets.catalog import DATASETS, detect, get_source
 from datasets.folder import FolderSource
 from datasets.pipeline import build_eval_dataset, build_train_dataset, steps_per_epoch
-from datasets import service  # noqa: F401 -- datasets.service, for the trainer
 from datasets.skipping import skipped_images, skipped_shards
 from datasets.source import Source
 from datasets.synthetic import SyntheticSource
@@ -47,6 +46,18 @@ __all__ = [
     "build_eval_dataset", "build_train_dataset", "detect", "get_source", "skipped_images",
     "skipped_shards", "steps_per_epoch",
 ]
+
+
+
+def __getattr__(name):
+    # ``datasets.service`` on first use (the trainer's ``datasets.service.distribute``): imported
+    # eagerly here, ``python -m datasets.service`` would find it loaded already and warn.
+    if name == "service":
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module("datasets.service")
+    raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+
 
 # Tells this package from Hugging Face's ``datasets`` (see efficientnetv2/io/input_pipeline.py).
 EFFICIENTNETV2_INPUT_PIPELINE = True
