@@ -115,6 +115,10 @@ class TrainConfig:
     mixed_precision: str = "auto"
     # "auto": XLA on TPU and GPU; off on CPU (see README for the measurement).
     jit_compile: str = "auto"
+    # Train steps per host round trip (``model.compile(steps_per_execution=...)``): an integer >= 1, or
+    # "auto": min(100, the fewest steps of a stage's epoch) on TPU, 1 on CPU and GPU. SIGTERM, a NaN
+    # stop and the progress bar act at the end of an execution (see README, "steps_per_execution").
+    steps_per_execution: str = "auto"
     seed: int = 0
     deterministic: bool = False
     keep_checkpoints: int = 3
@@ -181,6 +185,8 @@ CHOICES = {
     "train.jit_compile": ("auto", "true", "false"),
     "progressive.batch_scaling": ("none", "pixels"),
 }
+# String keys that hold "auto" or a count (stored as its decimal string).
+AUTO_OR_COUNT = ("train.steps_per_execution",)
 
 
 def _all_keys(node=None, prefix=""):
@@ -258,6 +264,10 @@ def _coerce(key, value, annotation):
             value = str(value).lower()
         if isinstance(value, (str, int, float)):
             value = str(value).strip()
+            if key in AUTO_OR_COUNT:
+                if value.lower() != "auto" and not (value.isdigit() and int(value) >= 1):
+                    raise ConfigError(f"config key {key!r} got {value!r}; expected 'auto' or an integer >= 1")
+                return value.lower() if value.lower() == "auto" else str(int(value))
             choices = CHOICES.get(key)
             if choices and value.lower() not in choices:
                 raise ConfigError(f"config key {key!r} got {value!r}; expected one of {list(choices)}")

@@ -9,7 +9,8 @@ and the workaround can then go.
   worker (``build_compiled_from_symbolic_batch``, ``give_logs_a_batch_axis``); applied there only.
 - ``KeepTrainingWeightsAtEndOfFit``: ``fit`` ends by overwriting the weights with their EMA; mixed
   into the project's optimizers.
-- ``EpochProgbar``: the progress bar's header when ``fit`` trains one epoch of a longer run.
+- ``EpochProgbar``: the progress bar's header when ``fit`` trains one epoch of a longer run, and its
+  count past the end with ``steps_per_execution`` > 1.
 - ``skip_empty_batches_in_evaluation``: a replica given an empty batch (the uneven end of an
   evaluation under a strategy with several replicas) fails inside the model; applied to the models
   the trainer compiles under such a strategy (one device never gets an empty batch).
@@ -115,6 +116,12 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
     of a 350-epoch run. Not a Keras bug (``fit`` knows only its own epochs). This class prints
     ``header`` instead and keeps Keras' own header off by telling it of one epoch.
     Upstream: no issue found as of 2026-12-02.
+
+    Also found with Keras 3.15.1: with ``steps_per_execution`` = n, ``on_train_batch_end`` gets the
+    index of an execution's last step, ``begin + n - 1`` for the epoch's last, partial execution too
+    (``EpochIterator._enumerate_iterator``), so the bar shows e.g. "12/10" before its final "10/10".
+    This class caps the index at the epoch's last step. Upstream: no issue found as of 2026-12-02.
+    Its canary is in ``tests/test_steps_per_execution.py`` with the trainer's other uses of the index.
     """
 
     def __init__(self, header):
@@ -130,6 +137,11 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
             sys.stdout.write(self.header + "\n")
             sys.stdout.flush()
         super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super().on_train_batch_end(batch, logs)
 
 
 def skip_empty_batches_in_evaluation(model):

@@ -8,6 +8,10 @@ see ``progressive``), saving a checkpoint after every epoch and on SIGTERM.
 Exit paths: returns normally when all epochs are done; raises ``Preempted`` after saving on SIGTERM
 (main.py exits with ``PREEMPTED_EXIT_CODE``); raises ``NonFiniteLoss`` when the loss is NaN or Inf,
 leaving the last good checkpoint as the newest.
+
+With ``train.steps_per_execution`` = n > 1, Keras runs n steps per call of the train function and
+calls the callbacks once per call, so a SIGTERM or a NaN loss is acted on at the end of the
+execution it arrives in (up to n - 1 steps later); the saved position is still the exact step.
 """
 
 import contextlib
@@ -66,6 +70,7 @@ class Plan:
     peak_lr: float
     mixed_precision: str
     jit_compile: bool
+    steps_per_execution: int = 1  # resolved from train.steps_per_execution by make_plan
 
     def stage_steps(self, params):
         """Steps per epoch of a stage: an epoch's images (``steps_per_epoch`` x ``global_batch``, both at
@@ -138,7 +143,7 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         logging.warning("train.deterministic=true: the train step runs without XLA (Keras does not compile "
                         "with TensorFlow's op determinism); set train.deterministic=false for XLA")
         jit = False
-    return Plan(
+    plan = Plan(
         variant=spec,
         num_classes=source.num_classes,
         class_names=source.class_names,
@@ -151,6 +156,20 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         mixed_precision=precision,
         jit_compile=jit,
     )
+    plan.steps_per_execution = _steps_per_execution(config.train.steps_per_execution, device,
+                                                    min(plan.stage_steps(s) for s in stages))
+    return plan
+
+
+def _steps_per_execution(value, device, fewest_epoch_steps):
+    """``train.steps_per_execution`` resolved. ``auto``: 1 on CPU and GPU (their host dispatches ahead
+    of the device, so a round trip per step costs little there), and on TPU min(100, the fewest steps
+    of an epoch): without it each step is a host round trip, Keras' classic slowdown on TPU; 100
+    steps make that overhead small next to them while a SIGTERM or NaN is still acted on within a
+    few seconds, and the trainer calls ``fit`` once per epoch, so an execution never spans more."""
+    if value != "auto":
+        return int(value)
+    return min(100, fewest_epoch_steps) if device == "tpu" else 1
 
 
 def _loss_and_metrics(config, plan):
@@ -194,7 +213,8 @@ def _compile(config, plan, model):
     if config.train.optimizer != "adamw":
         optimizers.add_weight_decay(model, config.train.weight_decay)
     loss, metrics = _loss_and_metrics(config, plan)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile,
+                  steps_per_execution=plan.steps_per_execution)
     optimizer.build(model.trainable_variables)
     # The reference's EMA also averages batch norm's moving statistics; evaluation uses those.
     optimizers.average_moving_statistics(model, optimizer)
@@ -277,12 +297,22 @@ def _check_model_dir(model_dir):
 
 class _RunMonitor(keras.callbacks.Callback):
     """Per-epoch bookkeeping: images/s and learning rate in the logs, the batch position for SIGTERM
-    saves, and a stop on non-finite loss."""
+    saves, and a stop on non-finite loss.
 
-    def __init__(self, global_batch, first_step_in_epoch=0):
+    Positions come from the batch index, never from counting calls: with ``steps_per_execution`` = n,
+    Keras calls ``on_train_batch_end`` once per n steps with the index of the execution's last step,
+    and for the epoch's last, partial execution with ``begin + n - 1`` even though the data (exactly
+    the epoch's steps, see ``_epoch_data``) ended before; so steps done = min(batch + 1, ``steps``).
+    Data that ends early (``DataExhausted``) inside an execution is counted to that execution's end:
+    it is caught when a later execution finds no data, which misses only an end inside the epoch's
+    last execution (with n = 1 it is exact).
+    """
+
+    def __init__(self, global_batch, steps, first_step_in_epoch=0):
         super().__init__()
         self.global_batch = global_batch
-        self.step_in_epoch = first_step_in_epoch
+        self.first_step = self.step_in_epoch = first_step_in_epoch
+        self.steps = steps  # of this fit call: the epoch's steps less those trained before a resume
         self.nonfinite = None
         self.preempt_requested = threading.Event()
 
@@ -292,8 +322,9 @@ class _RunMonitor(keras.callbacks.Callback):
         self.skipped_before = datasets.skipped_images(), datasets.skipped_shards()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-        self.step_in_epoch += 1
+        self.batches = min(batch + 1, self.steps)
+        self.step_in_epoch = self.first_step + self.batches
+        # The loss in the logs is the epoch's running mean, so a NaN anywhere in the execution shows.
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.nonfinite = float(loss)
@@ -321,7 +352,7 @@ class _RunMonitor(keras.callbacks.Callback):
 
 def _eval_dataset(strategy, source, plan, eval_config):
     def fn(context):
-        return datasets.build_eval_dataset(
+        dataset = datasets.build_eval_dataset(
             source,
             batch_size=context.get_per_replica_batch_size(eval_config.batch_size)
             if strategy.num_replicas_in_sync > 1
@@ -329,6 +360,9 @@ def _eval_dataset(strategy, source, plan, eval_config):
             image_size=plan.eval_size,
             input_context=context,
         )
+        # ``eval.steps`` ends the data: an execution of steps_per_execution steps runs until the data
+        # ends, past ``evaluate(steps=...)``.
+        return dataset if eval_config.steps is None else dataset.take(eval_config.steps * _batches_per_step(context))
 
     return strategy.distribute_datasets_from_function(fn)
 
@@ -349,7 +383,8 @@ def _install_sigterm(monitor):
         return None
 
     def handler(signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping.")
+        logging.warning("SIGTERM received: saving a checkpoint after the current step (or execution of "
+                        "train.steps_per_execution steps), then stopping.")
         monitor.preempt_requested.set()
 
     return signal.signal(signal.SIGTERM, handler)
@@ -411,7 +446,7 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
         if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
             stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
                                params, int(optimizer.iterations.numpy()))
-        monitor = _RunMonitor(params.batch_size, first_step_in_epoch=step_in_epoch)
+        monitor = _RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch)
         header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
                   f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
         logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
@@ -443,10 +478,10 @@ def _log_run(config, strategy, plan, source, device):
     logging.info("Data: %s", getattr(source, "describe", lambda: source.name)())
     logging.info(
         "Run: EfficientNetV2-%s, %d classes, %d epochs x %d steps, global batch %d on %d replica(s) "
-        "(%s), precision %s, XLA %s, peak learning rate %.4g",
+        "(%s), precision %s, XLA %s, %d step(s) per execution, peak learning rate %.4g",
         plan.variant.name.upper(), plan.num_classes, config.train.epochs, plan.steps_per_epoch,
         plan.global_batch, strategy.num_replicas_in_sync, device, plan.mixed_precision,
-        plan.jit_compile, plan.peak_lr,
+        plan.jit_compile, plan.steps_per_execution, plan.peak_lr,
     )
     if config.progressive.batch_scaling != "none":
         logging.info("Per-stage batch (progressive.batch_scaling=%s): global batch %s, steps per epoch %s, "
@@ -533,7 +568,8 @@ def _augmented_images(config, source, params, epoch, count):
 
 
 def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose):
-    """One epoch of ``fit`` (SIGTERM asks ``monitor`` to stop after the current step); its last logs."""
+    """One epoch of ``fit`` (SIGTERM asks ``monitor`` to stop after the current execution: the current
+    step, or with ``train.steps_per_execution`` = n the current n steps); its last logs."""
     previous_handler = _install_sigterm(monitor)
     try:
         history = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
