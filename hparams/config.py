@@ -117,7 +117,7 @@ class TrainConfig:
     jit_compile: str = "auto"
     # Train steps per host round trip (``model.compile(steps_per_execution=...)``): an integer >= 1, or
     # "auto": min(100, the fewest steps of a stage's epoch) on TPU, 1 on CPU and GPU. SIGTERM, a NaN
-    # stop and the progress bar act at the end of an execution (see README, "steps_per_execution").
+    # stop and the progress bar act at the end of an execution (README, beside the strategies).
     steps_per_execution: str = "auto"
     seed: int = 0
     deterministic: bool = False
