@@ -71,6 +71,7 @@ def assert_replicas_split_the_global_batch(one, replicas):
     assert set().union(*parts) == {image.tobytes() for image in _images(one)[0]}
 
 
+@pytest.mark.slow  # two strategies in a subprocess, about 65 s on 2 cores
 def test_mirrored_with_synchronized_batch_norm_trains_the_single_device_model(local_runs):
     one, mirrored = local_runs["one"], local_runs["mirrored"]
     assert int(mirrored["replicas"]) == 2 and int(one["replicas"]) == 1
@@ -88,6 +89,7 @@ def test_unsynchronized_batch_norm_differs_as_expected(tmp_path):
     assert moved > 100 * FLOAT32["atol"], moved  # Per-replica statistics: another model.
 
 
+@pytest.mark.slow  # two worker processes, about 60 s on 2 cores
 def test_multiworker_trains_the_single_device_model(local_runs, tmp_path):
     results = run_two_workers(lambda index: ["equivalence-multiworker", str(tmp_path), str(index)])
     for returncode, err in results:

@@ -130,7 +130,7 @@ def test_preemptions_at_execution_ends_resume_bit_identically(tmp_path, caplog):
     assert int(values["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 8
     assert int(values["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == STAGE_STEPS[0] + 8
     resumed_seen = _BatchIndices()
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):  # absl's logger: under xdist the root's level differs.
         resumed = training.train(config, run, verbose=0, callbacks=[resumed_seen])
     assert "at epoch 1, step 8 of the epoch" in caplog.text
     assert "4 step(s) per execution" in caplog.text
@@ -139,6 +139,7 @@ def test_preemptions_at_execution_ends_resume_bit_identically(tmp_path, caplog):
     assert_same_checkpoints(tmp_path / "straight", run)
 
 
+@pytest.mark.slow  # the preemption test resumes mid-epoch under the same settings; about 30 s
 def test_max_epochs_stop_resumes_bit_identically(tmp_path):
     config = tiny_config(**SETTINGS)
     training.train(config, str(tmp_path / "straight"), verbose=0)
