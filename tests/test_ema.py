@@ -8,6 +8,7 @@ reference's decay ``min(decay, (1 + step) / (10 + step))``, not read from the op
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from efficientnetv2 import build_model
