@@ -3,7 +3,9 @@
 Usage: python -m tests.distributed_worker equivalence-local <dir> <run,run,...> trains the same tiny
 run on one device and/or under MirroredStrategy over 2 logical CPUs (LOCAL_RUNS), and
 ``equivalence-multiworker <dir> <index>`` as one of 2 MultiWorkerMirroredStrategy workers (TF_CONFIG),
-writing what tests/test_distribute.py compares to <dir>/<run>.npz. ``keras-canary <out.json>`` fits a
+writing what tests/test_distribute.py compares to <dir>/<run>.npz. ``train-and-eval <dir> <index>``
+trains ``train_and_eval_config`` with an evaluation after each epoch as one of 2 workers, on the
+TFRecord folder ``<dir>/data`` (``make_uneven_eval_data``), into ``<dir>/run``. ``keras-canary <out.json>`` fits a
 plain Keras model under MultiWorkerMirroredStrategy without, then with, the workarounds of
 efficientnetv2.train.keras_compat and writes what each fit did to out.json. ``run_two_workers`` starts 2 such workers on localhost.
 """
@@ -146,11 +148,67 @@ def run_equivalence(strategy, model_dir, config):
     evaluation = training._evaluate_model(model, optimizer, strategy, source, result["plan"], config.eval)
     assert evaluation["ema"]
     arrays["eval_top1"] = np.array(evaluation["top1"])
+    arrays["eval_examples"] = np.array(evaluation["examples"])
     arrays["replicas"] = np.array(strategy.num_replicas_in_sync)
     for index, images in enumerate(_first_step_images(strategy, config)):
         arrays[f"images:{index}"] = images
     keras.config.set_dtype_policy("float32")
     return arrays
+
+
+def make_uneven_eval_data(directory):
+    """A 3-class TFRecord folder whose validation split cannot be split evenly over 2 workers: 13
+    records in 3 shards of 5, 4 and 4, so one worker reads 9 and the other 4 (shards go to workers
+    whole, see ``datasets.ordering.shard_files``); with 2 examples per replica a step, the first worker
+    has 5 batches (the last of 1 example) and the second 2. Returns ``directory``."""
+    from datasets import records
+    from tests.datasets_helpers import jpeg_bytes, smooth_image, write_imagenet_shards
+
+    for split, count, shards, offset in (("train", 32, 2, 0), ("validation", 13, 3, 500)):
+        write_imagenet_shards(directory, split, [jpeg_bytes(smooth_image(offset + i)) for i in range(count)],
+                              [i % 3 for i in range(count)], num_shards=shards)
+    records.write_labels_file(directory, ["a", "b", "c"])
+    return directory
+
+
+def train_and_eval_config(data_dir):
+    """2 epochs of 2 steps on ``make_uneven_eval_data``, a full evaluation (global batch 4) after each."""
+    return equivalence_config(**{"data.dataset": "imagenet", "data.data_dir": data_dir, "train.steps_per_epoch": 2,
+                                 "eval.batch_size": 4})
+
+
+def train_and_eval_multiworker(work_dir, index):
+    """``main.py --mode=train_and_eval`` as worker ``index`` of 2: ``training.train`` with an evaluation
+    after each epoch. Writes to ``<work_dir>/worker_<index>.json`` this worker's evaluations, the
+    folders it saved checkpoints into, and how many validation examples its own input pipeline holds."""
+    import datasets
+    from efficientnetv2.io import checkpointing
+    from efficientnetv2.train import distribute, training
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    evaluations, saved_into = [], []
+    evaluate_and_keep, save_checkpoint = training._BestCheckpoint.evaluate_and_keep, checkpointing.save_checkpoint
+
+    def recorded_evaluation(self, *args, **kwargs):
+        evaluations.append(evaluate_and_keep(self, *args, **kwargs))
+        return evaluations[-1]
+
+    def recorded_save(manager, *args, **kwargs):
+        saved_into.append(os.path.relpath(manager.directory, work_dir))
+        return save_checkpoint(manager, *args, **kwargs)
+
+    training._BestCheckpoint.evaluate_and_keep = recorded_evaluation
+    checkpointing.save_checkpoint = recorded_save
+    config = train_and_eval_config(os.path.join(work_dir, "data"))
+    result = training.train(config, os.path.join(work_dir, "run"), strategy, evaluate_each_epoch=True, verbose=0)
+    source = datasets.get_source("imagenet", config.data.data_dir)
+    own = datasets.build_eval_dataset(source, batch_size=2, image_size=32,
+                                      input_context=tf.distribute.InputContext(2, index, 2))
+    with open(os.path.join(work_dir, f"worker_{index}.json"), "w", encoding="utf-8") as f:
+        json.dump({"chief": distribute.is_chief(strategy), "replicas": strategy.num_replicas_in_sync,
+                   "epoch": result["epoch"], "evaluations": evaluations, "saved_into": sorted(set(saved_into)),
+                   "own_eval_examples": int(sum(len(labels) for _, labels in own))}, f)
+    print("DONE", index)
 
 
 # The runs of ``equivalence-local``: (strategy, config overrides of equivalence_config).
@@ -191,5 +249,7 @@ if __name__ == "__main__":
         equivalence_local(sys.argv[2], sys.argv[3].split(","))
     elif sys.argv[1] == "equivalence-multiworker":
         equivalence_multiworker(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "train-and-eval":
+        train_and_eval_multiworker(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]!r}")

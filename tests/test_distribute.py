@@ -79,6 +79,7 @@ def test_mirrored_with_synchronized_batch_norm_trains_the_single_device_model(lo
     assert_replicas_split_the_global_batch(one, _images(mirrored))
     # The same checkpoint evaluates alike (1,000 examples: the last global batch of 16 is uneven).
     assert float(mirrored["eval_top1"]) == float(one["eval_top1"])
+    assert int(mirrored["eval_examples"]) == int(one["eval_examples"]) == 1000
 
 
 @pytest.mark.slow
@@ -100,10 +101,41 @@ def test_multiworker_trains_the_single_device_model(local_runs, tmp_path):
         assert int(worker["replicas"]) == 2
         assert_same_model(one, worker, FLOAT32)
         assert float(worker["eval_top1"]) == float(one["eval_top1"])
+        assert int(worker["eval_examples"]) == 1000
     assert_replicas_split_the_global_batch(one, [_images(worker)[0] for worker in workers])
     # Only the chief wrote the checkpoint; the other worker's temporary folder is gone.
     assert (tmp_path / "multiworker" / "checkpoints" / "checkpoint").exists()
     assert not any(p.name.startswith(".worker-") for p in (tmp_path / "multiworker").iterdir())
+
+
+@pytest.mark.slow  # two worker processes, about 60-90 s on 2 cores
+def test_multiworker_train_and_eval_evaluates_every_example_once_and_keeps_the_best_on_the_chief(tmp_path):
+    """``--mode=train_and_eval`` with 2 workers on a validation split of 13 records in 3 shards (one
+    worker reads 9, the other 4: 5 and 2 steps of 2 examples), an evaluation after each of 2 epochs."""
+    from efficientnetv2.train import training
+    from tests.distributed_worker import make_uneven_eval_data, train_and_eval_config
+
+    make_uneven_eval_data(str(tmp_path / "data"))
+    results = run_two_workers(lambda index: ["train-and-eval", str(tmp_path), str(index)], timeout=420)
+    for returncode, err in results:  # A worker left waiting in a collective times out here instead.
+        assert returncode == 0, err[-4000:]
+    chief, other = (json.loads((tmp_path / f"worker_{index}.json").read_text()) for index in range(2))
+    assert chief["chief"] and not other["chief"] and chief["replicas"] == 2 and chief["epoch"] == 2
+    assert sorted([chief["own_eval_examples"], other["own_eval_examples"]]) == [4, 9]  # Uneven shards.
+    # Every worker took part in every evaluation and got the same results; each saw every example once.
+    assert chief["evaluations"] == other["evaluations"] and len(chief["evaluations"]) == 2
+    assert all(evaluation["eval_examples"] == 13 for evaluation in chief["evaluations"])
+    # The best checkpoint is the chief's alone; the other worker saved only into its temporary folder.
+    assert chief["saved_into"] == ["run/best", "run/checkpoints"]
+    assert other["saved_into"] == ["run/.worker-1-tmp"]
+    assert not any(p.name.startswith(".worker-") for p in (tmp_path / "run").iterdir())
+    best_epoch = max(range(2), key=lambda epoch: chief["evaluations"][epoch]["eval_top1"])  # The first if tied.
+    best = tf.train.latest_checkpoint(str(tmp_path / "run" / "best"))
+    assert best.endswith(f"ckpt-{2 * (best_epoch + 1)}")  # 2 steps per epoch.
+    # One process evaluating that checkpoint counts the same examples correct.
+    one = training.evaluate(train_and_eval_config(str(tmp_path / "data")), str(tmp_path / "run"), checkpoint_path=best)
+    assert one["examples"] == 13 and one["epoch"] == best_epoch + 1
+    assert one["top1"] == chief["evaluations"][best_epoch]["eval_top1"]
 
 
 @pytest.mark.slow

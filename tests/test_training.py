@@ -53,6 +53,7 @@ def test_run_folder_contents(tmp_path):
                 "eval_top1"):
         assert key in logs, key
     assert logs["images_per_sec"] > 0
+    assert logs["eval_examples"] == 2 * 16  # eval.steps x eval.batch_size
 
 
 def _summaries(folder, plugin):

@@ -351,6 +351,12 @@ class _RunMonitor(keras.callbacks.Callback):
 
 
 def _eval_dataset(strategy, source, plan, eval_config):
+    """Every eval example once, sharded over the input pipelines. Their shards may differ in size (a
+    worker's TFRecord files, an uneven last batch): each step, tf.distribute's iterator asks every
+    worker whether any has data left (its partial-batch handling, an all-reduce), so all run the same
+    number of steps and a replica whose data has ended gets an empty batch, which counts nothing
+    (``keras_compat.skip_empty_batches_in_evaluation``)."""
+
     def fn(context):
         dataset = datasets.build_eval_dataset(
             source,
@@ -375,7 +381,17 @@ def _evaluate_model(model, optimizer, strategy, source, plan, eval_config):
             warnings.filterwarnings("ignore", message="Your input ran out of data")
         results = model.evaluate(data, steps=eval_config.steps, verbose=0, return_dict=True)
     results["ema"] = bool(used_ema)
+    results["examples"] = _examples_evaluated(model)
     return results
+
+
+def _examples_evaluated(model):
+    """How many examples the last ``evaluate`` counted, summed over replicas and workers: the count of
+    Keras' loss tracker (each batch adds its size; an empty batch, all a replica gets once its shard
+    has ended while another's has not, adds nothing). Under MultiWorkerMirroredStrategy reading it is
+    an all-reduce, so every worker reads it, as every worker runs ``evaluate``."""
+    tracker = next(m for m in model.metrics if m.name == "loss")
+    return int(round(float(keras.ops.convert_to_numpy(tracker.count))))
 
 
 def _install_sigterm(monitor):
