@@ -44,8 +44,12 @@ _FRAMING_BYTES = 16  # per record on disk: its length (8 bytes), the length's CR
 
 _PATTERNS = {"train": records.TRAIN_PATTERN, "eval": records.EVAL_PATTERN}
 
-# The standard ImageNet-1k TFRecord layout (the reference release's and TFDS' conversion): with exactly
-# these shard names its record counts are known, and start-up reads no record to count them.
+# The standard ImageNet-1k TFRecord layout (the reference release's and the TPU tooling's conversion):
+# with exactly these shard names, and a first shard of the standard size, its record counts are known
+# and start-up reads one shard per split, not every record (`TFRecordSource._standard_count`).
+# ImageNet-21k has no such entry: it has no official split and no documented standard shard layout with
+# exact counts (releases differ: fall 2011, winter 2021, with or without the hold-out), so its shards
+# are counted once and the count cached in the run folder like any other.
 IMAGENET_LAYOUT = {"train": (1024, 1_281_167), "validation": (128, 50_000)}
 COUNT_CACHE_FILENAME = "data_counts.json"
 
@@ -169,10 +173,11 @@ class TFRecordSource(Source):
         return [self._sizes[f] for f in files]
 
     def num_examples(self, split: str) -> int:
-        """Records of a split, read from the first of: ``num_examples.json`` in the data folder, the
-        standard ImageNet-1k layout, a count cached in ``count_cache_dir`` (the run folder: the data
-        folder may be read-only or remote) for these very shards, or one count of every record, then
-        cached there. Start-up does not grow with the number of records after the first."""
+        """Records of a split, read from the first of: ``num_examples.json`` in the data folder, a count
+        cached in ``count_cache_dir`` (the run folder: the data folder may be read-only or remote) for
+        these very shards, the standard ImageNet-1k layout (`_standard_count`: one shard read), or one
+        count of every record; the last two are then cached there. Start-up does not grow with the
+        number of records after the first."""
         key = "validation" if check_split(split) == "eval" else "train"
         if self.holdout:
             records_read = self._counts.get("train") or self._cached_count("train", "train")
@@ -182,7 +187,7 @@ class TFRecordSource(Source):
                                  f"{self.data_dir} has {records_read} training records")
             return self.holdout if key == "validation" else records_read - self.holdout
         if key not in self._counts:
-            self._counts[key] = self._known_count(key, self._files[split]) or self._cached_count(key, split)
+            self._counts[key] = self._cached_count(key, split)
         return self._counts[key]
 
     def _holdout_filter(self, split: str):
@@ -193,13 +198,23 @@ class TFRecordSource(Source):
         want = split == "eval"
         return lambda record, record_id: tf.equal(holdout_lib.is_held_out(record_id, fraction), want)
 
-    def _known_count(self, key: str, files: List[str]) -> Optional[int]:
+    def _standard_count(self, key: str, files: List[str], sizes: List[int]) -> Optional[int]:
+        """The standard ImageNet-1k count of split `key` when `files` are its shards: the standard names,
+        and a first shard holding what that layout puts there (1,251-1,252 train records, 390-391
+        validation records; the reference converters, and `datasets.build_tfrecords`, all do). A subset
+        converted under the default shard names fails the check and is counted; reading one shard of
+        1,024 (128) keeps the check a fixed fraction of a split, once per run folder."""
         shards, count = IMAGENET_LAYOUT[key]
         names = [os.path.basename(f) for f in files]
         if self.multi_label or names != [records.shard_name(key, i, shards) for i in range(shards)]:
             return None
-        logging.info("%s: %d records (the standard ImageNet-1k layout of %d shards; not counted)",
-                     key, count, shards)
+        first, expected = count_records(files[:1], sizes[:1]), (count // shards, -(-count // shards))
+        if first not in expected:
+            logging.info("%s: the standard ImageNet-1k shard names, but %s holds %d records (the standard "
+                         "layout puts %d-%d there): not its counts", key, names[0], first, *expected)
+            return None
+        logging.info("%s: %d records (the standard ImageNet-1k layout of %d shards; %s holds %d records, "
+                     "the rest is not counted)", key, count, shards, names[0], first)
         return count
 
     def _cached_count(self, key: str, split: str) -> int:
@@ -216,9 +231,11 @@ class TFRecordSource(Source):
             if entry and entry.get("shards") == fingerprint:
                 logging.info("%s: %d records (counted before, cached in %s)", key, entry["count"], path)
                 return int(entry["count"])
-        logging.info("counting %s records in %d shards of %s (once%s)", key, len(files), self.data_dir,
-                     f"; cached in {path}" if path else "")
-        count = count_records(files, sizes)
+        count = self._standard_count(key, files, sizes)
+        if count is None:
+            logging.info("counting %s records in %d shards of %s (once%s)", key, len(files), self.data_dir,
+                         f"; cached in {path}" if path else "")
+            count = count_records(files, sizes)
         if path:
             cache.setdefault(self.data_dir, {})[key] = {"count": count, "shards": fingerprint}
             tmp = f"{path}.tmp-{os.getpid()}"  # Several workers may write the same cache.

@@ -1,5 +1,8 @@
-"""The pure parts of the benchmarks: the Fused-MBConv ablation's networks (benchmarks/fused_ablation.py) and
-the time-to-accuracy measure (benchmarks/time_to_accuracy.py)."""
+"""The pure parts of the benchmarks: the Fused-MBConv ablation's networks (benchmarks/fused_ablation.py),
+the time-to-accuracy measure (benchmarks/time_to_accuracy.py) and the start-up shard sets and probes
+(benchmarks/startup.py)."""
+
+import os
 
 import numpy as np
 import pytest
@@ -44,3 +47,67 @@ def test_time_to_accuracy_takes_the_first_epoch_at_or_above_the_target():
     args = parse_args(["--steps_per_epoch", "3", "--plot", "x.png"])
     assert (args.baseline_epochs, args.baseline_size, args.baseline_batch_size, args.eval_size) == (6, 96, 32, 96)
     assert args.hparams_file.endswith("small_data.yaml") and args.plot == "x.png"
+
+
+# -- Start-up on ImageNet-sized data (benchmarks/startup.py). ---------------------------------
+
+def _startup_set(directory, train=40, validation=10):
+    from benchmarks import startup
+
+    return startup.write_shard_set(str(directory), {"train": (4, train), "validation": (2, validation)},
+                                   startup.framed_records())
+
+
+def test_startup_shards_are_imagenet_records_counted_once_per_run_folder(tmp_path, caplog):
+    import logging
+
+    import datasets
+    from benchmarks import startup
+    from datasets import tfrecord
+
+    paths = _startup_set(tmp_path / "data")
+    assert [os.path.basename(p) for p in paths[:2]] == ["train-00000-of-00004", "train-00001-of-00004"]
+    run = str(tmp_path / "run")
+    for expected in ("counted, counted", "cached, cached"):  # A first start, then a restart.
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            source = datasets.get_source("imagenet", str(tmp_path / "data"), count_cache_dir=run)
+            assert (source.num_examples("train"), source.num_examples("eval")) == (40, 10)
+        assert startup.count_sources(caplog.text) == expected
+    labels = [int(e["label"]) for e in source.examples("eval")]  # Stored 1..1000, read 0-based.
+    assert sorted(labels) == list(range(10))
+    renamed = startup.link_renamed(paths, str(tmp_path / "renamed"))
+    assert os.path.basename(renamed[0]) == "train-00000-of-00004.tfrecord"
+    assert datasets.get_source("imagenet", str(tmp_path / "renamed")).num_examples("train") == 40
+    startup.drop_from_page_cache(paths)
+    # The standard set is dealt as the reference converters deal it: the first shard passes the check.
+    ranges = startup.shard_ranges(*reversed(tfrecord.IMAGENET_LAYOUT["train"]))
+    sizes = {end - start for start, end in ranges}
+    assert sizes == {1251, 1252} and ranges[-1][1] == 1_281_167 and ranges[0] == (0, 1251)
+
+
+def test_startup_reads_proc_io_and_its_run_config_is_valid(tmp_path):
+    from benchmarks import startup
+    from hparams import config as config_lib
+
+    io = startup.read_io()
+    assert io["rchar"] > 0 and "read_bytes" in io
+    notes = "first_step 110.5 4096 1000000\nexit 112.0 8192 2000000\n"
+    assert startup.parse_report(notes, 100.0) == {
+        "first_step": {"seconds": 10.5, "read_bytes": 4096, "rchar": 1_000_000},
+        "exit": {"seconds": 12.0, "read_bytes": 8192, "rchar": 2_000_000}}
+    config = config_lib.load_config(dataset="imagenet", data_dir=str(tmp_path), model="b0",
+                                    overrides=startup.HPARAMS)
+    assert (config.train.steps_per_epoch, config.progressive.num_stages, config.model.width) == (1000, 1, 0.25)
+
+
+@pytest.mark.slow
+def test_startup_measures_a_first_start_and_a_restart(tmp_path):
+    from benchmarks import startup
+
+    paths = _startup_set(tmp_path / "data")
+    for counts in ("counted, counted", "cached, cached"):
+        result = startup.start(str(tmp_path / "data"), str(tmp_path / "run"), str(tmp_path / "log"), paths)
+        assert result["counts"] == counts and result["exit_code"] == 75  # Preempted after the first step.
+        assert 0 < result["first_step"]["seconds"] <= result["exit"]["seconds"]
+        assert result["first_step"]["rchar"] <= result["exit"]["rchar"]

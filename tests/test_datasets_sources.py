@@ -244,19 +244,46 @@ def test_record_counts_are_cached_in_the_run_folder_and_recounted_when_shards_ch
     assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 6
 
 
+def _standard_names(directory, first_shard):
+    """Shards under the standard ImageNet-1k names, all empty but the first of each split, which holds
+    ``first_shard[split]`` records."""
+    from datasets import tfrecord
+
+    os.makedirs(directory, exist_ok=True)
+    for split, (shards, _) in tfrecord.IMAGENET_LAYOUT.items():
+        for index in range(shards):
+            with tf.io.TFRecordWriter(os.path.join(directory, records.shard_name(split, index, shards))) as w:
+                for _ in range(first_shard[split] if index == 0 else 0):
+                    w.write(b"r")
+    return str(directory)
+
+
 def test_the_standard_imagenet_layout_is_not_counted(tmp_path, monkeypatch):
     from datasets import tfrecord
 
-    for split, (shards, _) in tfrecord.IMAGENET_LAYOUT.items():
-        for index in range(shards):
-            open(os.path.join(tmp_path, records.shard_name(split, index, shards)), "wb").close()
+    # The reference converters put 1,252 (1,251) train and 391 (390) validation records in the first shard.
+    root = _standard_names(tmp_path / "data", {"train": 1252, "validation": 390})
+    counted, count_records = [], tfrecord.count_records
 
-    def refuse(*args):
-        raise AssertionError("counted")
+    def count_first_shard_only(files, sizes):
+        counted.append([os.path.basename(f) for f in files])
+        return count_records(files, sizes)
 
-    monkeypatch.setattr(tfrecord, "count_records", refuse)
-    source = datasets.get_source("imagenet", str(tmp_path))
+    monkeypatch.setattr(tfrecord, "count_records", count_first_shard_only)
+    run = str(tmp_path / "run")
+    source = datasets.get_source("imagenet", root, count_cache_dir=run)
     assert (source.num_examples("train"), source.num_examples("eval")) == (1_281_167, 50_000)
+    assert counted == [["train-00000-of-01024"], ["validation-00000-of-00128"]]
+    source = datasets.get_source("imagenet", root, count_cache_dir=run)  # A restart reads no record.
+    assert (source.num_examples("train"), source.num_examples("eval")) == (1_281_167, 50_000)
+    assert len(counted) == 2
+
+
+def test_a_subset_under_the_standard_names_is_counted(tmp_path):
+    # E.g. a 1/10 subset converted with the reference converter's default shard counts.
+    root = _standard_names(tmp_path, {"train": 125, "validation": 39})
+    source = datasets.get_source("imagenet", root)
+    assert (source.num_examples("train"), source.num_examples("eval")) == (125, 39)
 
 
 def test_each_shard_is_stat_ed_once_for_counting_and_every_epoch(tmp_path, monkeypatch):

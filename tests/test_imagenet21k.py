@@ -58,6 +58,21 @@ def _ids(source, split):
     return sorted(e["id"].numpy().decode().split(" ")[0] for e in source.examples(split))
 
 
+def test_holdout_split_counts_the_records_once_per_run_folder(tmp_path, monkeypatch):
+    # ImageNet-21k has no standard layout with known counts: the first start counts, later ones read
+    # the count from the run folder.
+    from datasets import tfrecord
+
+    data, run = _write_21k(tmp_path / "21k"), str(tmp_path / "run")
+    counted, count_records = [], tfrecord.count_records
+    monkeypatch.setattr(tfrecord, "count_records", lambda *args: counted.append(1) or count_records(*args))
+    for _ in range(2):  # A first start, then a restart.
+        source = get_source("imagenet21k", data, num_classes=CLASSES_21K, count_cache_dir=run, holdout=12)
+        assert (source.num_examples("train"), source.num_examples("eval")) == (36, 12)
+        assert source.describe().endswith("36 train / 12 eval examples (eval: about 12 training records held out)")
+    assert counted == [1]
+
+
 def test_holdout_split_of_tfrecords_never_trains_on_held_out_records(tmp_path):
     data = _write_21k(tmp_path / "21k")
     source = get_source("imagenet21k", data, num_classes=CLASSES_21K, holdout=12)
