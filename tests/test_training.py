@@ -1,5 +1,6 @@
 """End to end on a tiny model and generated data: train -> eval -> resume, in a temp folder."""
 
+import json
 import os
 
 import numpy as np
@@ -278,3 +279,21 @@ def test_per_stage_batch_settings_are_checked():
         tiny_config(**{"progressive.batch_scaling": "area"})
     with pytest.raises(ConfigError, match=r"'train.log_stage_images' = -1: must be >= 0"):
         training.make_plan(tiny_config(**{"train.log_stage_images": -1}), source)
+
+
+def test_resumed_train_and_eval_keeps_a_better_best_checkpoint(tmp_path, caplog):
+    # The best top-1 is recorded beside best/ and read back on resume: an evaluation worse than the
+    # recorded best (here: a record no evaluation can beat) does not replace the kept checkpoint.
+    config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 1})
+    model_dir = tmp_path / "run"
+    training.train(config, str(model_dir), verbose=0, evaluate_each_epoch=True, max_epochs=1)
+    best = model_dir / "best"
+    record = json.loads((best / "best.json").read_text())
+    assert record["step"] == 3 and 0.0 <= record["top1"] <= 1.0
+    assert (best / "ckpt-3.index").exists()
+    (best / "best.json").write_text(json.dumps({"top1": 1.5, "step": 3}))
+    with caplog.at_level("INFO", logger="absl"):
+        training.train(config, str(model_dir), verbose=0, evaluate_each_epoch=True)
+    assert "Best checkpoint so far: top-1 1.5000 at step 3" in caplog.text
+    assert sorted(p.name for p in best.glob("*.index")) == ["ckpt-3.index"]
+    assert json.loads((best / "best.json").read_text()) == {"top1": 1.5, "step": 3}

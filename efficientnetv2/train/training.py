@@ -16,6 +16,7 @@ execution it arrives in (up to n - 1 steps later); the saved position is still t
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -629,20 +630,47 @@ def _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint):
 
 
 class _BestCheckpoint:
-    """Evaluates after each epoch and keeps the checkpoint of the best top-1 in ``model_dir/best``."""
+    """Evaluates after each epoch and keeps the checkpoint of the best top-1 in ``model_dir/best``.
+
+    The best top-1 so far is written beside it (``best/best.json``, after the checkpoint, by an
+    atomic rename) and read back when the run resumes, so a resumed run replaces the kept checkpoint
+    only with a better one. A ``best/`` written before this record existed holds a checkpoint of
+    unknown top-1: the first evaluation after the resume replaces it, with a warning.
+    """
+
+    RECORD = "best.json"
 
     def __init__(self, checkpoint, directory, chief):
         self.manager = None
+        self.best_top1 = -1.0
+        self.record = os.path.join(directory, self.RECORD)
         if chief:
             checkpointing.remove_temp_folders(directory)  # Left by a save that was killed.
             self.manager = tf.train.CheckpointManager(checkpoint.checkpoint, directory, 1)
-        self.best_top1 = -1.0
+            self.best_top1 = self._read()
+
+    def _read(self):
+        if tf.io.gfile.exists(self.record):
+            with tf.io.gfile.GFile(self.record) as f:
+                best = json.load(f)
+            logging.info("Best checkpoint so far: top-1 %.4f at step %d (%s)", best["top1"], best["step"],
+                         self.manager.latest_checkpoint)
+            return float(best["top1"])
+        if self.manager.latest_checkpoint:
+            logging.warning("%s holds a checkpoint without its top-1 (written by an earlier version); the "
+                            "next evaluation replaces it", os.path.dirname(self.record))
+        return -1.0
 
     def evaluate_and_keep(self, model, optimizer, strategy, source, plan, eval_config):
         results = _evaluate_model(model, optimizer, strategy, source, plan, eval_config)
         if self.manager is not None and results.get("top1", -1.0) > self.best_top1:
+            step = int(optimizer.iterations.numpy())
+            checkpointing.save_checkpoint(self.manager, step)
             self.best_top1 = results["top1"]
-            checkpointing.save_checkpoint(self.manager, int(optimizer.iterations.numpy()))
+            tmp = f"{self.record}.tmp"
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                json.dump({"top1": float(self.best_top1), "step": step}, f)
+            tf.io.gfile.rename(tmp, self.record, overwrite=True)
         return {f"eval_{k}": v for k, v in results.items()}
 
 
