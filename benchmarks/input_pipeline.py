@@ -16,6 +16,12 @@ time of all its threads): the per-core figure, fair when the machine is shared. 
 --warmup_batches of each pipeline are not timed; the Keras baselines, far slower, time
 --baseline_batches after one warm-up batch.
 
+With --compare_with REV (a git revision) it times instead the full pipeline as it was at REV
+against today's, side by side in this process: REV's `datasets/` modules of the per-example and
+batch work (pipeline, decode, randaugment, mixing, skipping) are loaded from `git show` through a
+temporary folder, and the two pipelines alternate in --rounds ABBA rounds, each a fresh iterator
+timed after its warm-up, so that other load on the machine falls on both alike.
+
 With --service_workers 0,1,2 it also times the full pipeline through tf.data service
 (`datasets.service`, DYNAMIC sharding, as training with data.service_address does): a dispatcher in
 this process and N worker processes (`python -m datasets.service worker`) on this machine; 0 is
@@ -25,6 +31,7 @@ host) and the worker processes.
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -93,6 +100,55 @@ def pipelines(src, args, image_size: int):
                       keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=2,
                                                   magnitude=factor, seed=0)),
            *baseline)
+
+
+COMPARED_MODULES = ("decode", "randaugment", "mixing", "skipping", "pipeline")  # in import order
+
+
+def pipeline_at(revision: str, folder: str):
+    """`datasets.pipeline` as it was at git `revision`, with that revision's COMPARED_MODULES (the
+    others are today's): written into `folder` and imported from there, so that autograph can read
+    their source."""
+    modules = {}
+    for name in COMPARED_MODULES:
+        source = subprocess.run(["git", "show", f"{revision}:datasets/{name}.py"], cwd=REPO_ROOT,
+                                check=True, capture_output=True, text=True).stdout
+        path = os.path.join(folder, f"{name}_at_revision.py")
+        with open(path, "w") as f:
+            f.write(source)
+        spec = importlib.util.spec_from_file_location(f"datasets_at_revision_{name}", path)
+        # Registered in sys.modules: autograph looks a function's module up there.
+        modules[name] = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    pipeline = modules["pipeline"]
+    for name in ("decode", "randaugment", "mixing"):
+        setattr(pipeline, name, modules[name])
+    pipeline.map_skipping_errors = modules["skipping"].map_skipping_errors
+    return pipeline
+
+
+def compare(src, args, image_size: int, old_pipeline):
+    """Rows for the full pipeline at --compare_with and today, timed in alternating ABBA rounds."""
+    def build(module):
+        return module.build_train_dataset(src, batch_size=args.batch_size, image_size=image_size,
+                                          randaug_magnitude=args.magnitude,
+                                          mixup_alpha=args.mixup_alpha)
+
+    built = {f"at {args.compare_with}": build(old_pipeline), "today": build(datasets.pipeline)}
+    totals = {name: [0, 0.0, 0.0] for name in built}
+    for round_ in range(args.rounds):
+        for name in (list(built) if round_ % 2 == 0 else list(reversed(built))):
+            for i, value in enumerate(measure(built[name], args.num_batches, args.warmup_batches)):
+                totals[name][i] += value
+    per_cpu = {}
+    for name, (images, wall, cpu) in totals.items():
+        per_cpu[name] = images / cpu
+        label = f"ours {name}: + RandAugment(m={args.magnitude:g}) + mixup({args.mixup_alpha:g})"
+        print(f"| {label:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
+              f"{per_cpu[name]:27.0f} |", flush=True)
+    old, new = per_cpu.values()
+    print(f"today / at {args.compare_with}: x{new / old:.2f} images per CPU-second at {image_size} px "
+          f"({args.rounds} ABBA rounds of {args.num_batches} batches)", flush=True)
 
 
 def _process_cpu_seconds(pids) -> float:
@@ -171,6 +227,11 @@ def main() -> int:
     parser.add_argument("--mixup_alpha", type=float, default=0.2)
     parser.add_argument("--skip_baselines", action="store_true",
                         help="time only this package's pipeline")
+    parser.add_argument("--compare_with", default="",
+                        help="a git revision: also time the full pipeline as it was there against "
+                             "today's, alternating (e.g. HEAD~1)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="ABBA rounds of --num_batches each for --compare_with")
     parser.add_argument("--service_workers", default="",
                         help="e.g. 0,1,2: also time the full pipeline through tf.data service with "
                              "this many local worker processes (0: without the service)")
@@ -196,7 +257,11 @@ def main() -> int:
         header = f"| {'pipeline':52s} | size | images/s | CPU s | images per CPU-s (per core) |"
         print(header)
         print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        old_pipeline = pipeline_at(args.compare_with, scratch) if args.compare_with else None
         for image_size in (int(s) for s in args.image_sizes.split(",")):
+            if old_pipeline:
+                compare(src, args, image_size, old_pipeline)
+                continue
             for name, dataset, batches, warmup in pipelines(src, args, image_size):
                 images, wall, cpu = measure(dataset, batches, warmup)
                 print(f"| {name:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
