@@ -7,7 +7,7 @@ from (seed, epoch, pipeline id, batch number).  A skipped undecodable image does
 positions of the others.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -61,11 +61,19 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
                         randaug_num_layers: int = 2, mixup_alpha: float = 0.0,
                         cutmix_alpha: float = 0.0, seed: int = 0, epoch: int = 0,
                         input_context: Optional[tf.distribute.InputContext] = None,
-                        key_examples_by: str = "position") -> tf.data.Dataset:
+                        key_examples_by: str = "position", start: Tuple[int, int] = (0, 0),
+                        with_position: bool = False) -> tf.data.Dataset:
     """One epoch of (images float32 [B, S, S, 3] in [0, 255], labels float32 [B, num_classes]).
 
     `batch_size` is per replica; the last partial batch is dropped (static shapes).  The epoch is a
     pure function of (seed, epoch, input pipeline): building it again replays it exactly.
+
+    `start=(batches, records)` resumes the epoch after its first `batches` batches, which used the
+    first `records` records of this pipeline's stream (more than batches x batch_size when
+    undecodable images were among them): those records are dropped before anything is decoded, and
+    the rest keep their positions, so the batches that follow are the uninterrupted epoch's, bit for
+    bit.  `with_position` adds to each batch a third element, int64 [2]: (batches, records) after
+    it, the `start` that resumes the epoch behind it.
 
     `key_examples_by="id"` is for tf.data service workers (datasets/service.py), which each run
     this graph on the files the dispatcher hands them, so positions count per worker and collide:
@@ -73,6 +81,10 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
     """
     if key_examples_by not in ("position", "id"):
         raise ValueError(f"key_examples_by={key_examples_by!r}; expected 'position' or 'id'")
+    start_batch, start_record = (int(n) for n in start)
+    if not 0 <= start_batch * batch_size <= start_record:
+        raise ValueError(f"start={tuple(start)}: {start_batch} batches of {batch_size} use at least "
+                         f"{start_batch * batch_size} records")
     randaugment.check_magnitude(randaug_magnitude)
     num_pipelines, pipeline_id = ordering.pipelines(input_context)
     examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
@@ -88,21 +100,25 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
             global_index = tf.strings.to_hash_bucket_fast(example["id"], 2**63 - 1)
         example_seed = tf.random.experimental.stateless_fold_in(example_key, global_index)
         return (*train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
-                               randaug_magnitude, randaug_num_layers), global_index)
+                               randaug_magnitude, randaug_num_layers), global_index, index)
 
-    dataset = map_skipping_errors(examples.enumerate(), preprocess, lambda index, example: example["id"])
+    # Positions are counted before the resume's skip, which drops records undecoded.
+    dataset = examples.enumerate().skip(start_record)
+    dataset = map_skipping_errors(dataset, preprocess, lambda index, example: example["id"])
     # Batch first, then mix: mixup/CutMix pair examples within a batch.
-    dataset = dataset.batch(batch_size, drop_remainder=True).enumerate()
+    dataset = dataset.batch(batch_size, drop_remainder=True).enumerate(start=start_batch)
     mix = mixup_alpha > 0 or cutmix_alpha > 0
     batch_key = _stream_seed(seed, epoch, _BATCH_STREAM, pipeline_id)
 
     def finish(index, batch):
-        images, labels, keys = batch
-        if not mix:
+        images, labels, keys, positions = batch
+        if mix:
+            batch_seed = tf.random.experimental.stateless_fold_in(
+                batch_key, keys[0] if key_examples_by == "id" else index)
+            images, labels = mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha)
+        if not with_position:
             return images, labels
-        batch_seed = tf.random.experimental.stateless_fold_in(
-            batch_key, keys[0] if key_examples_by == "id" else index)
-        return mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha)
+        return images, labels, tf.stack([index + 1, positions[-1] + 1])
 
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))

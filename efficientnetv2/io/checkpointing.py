@@ -2,9 +2,10 @@
 
 A checkpoint holds the model (weights and batch-norm statistics), the optimizer (slots, EMA weights,
 step) and the position in the run: ``epoch`` (completed epochs) and ``step_in_epoch`` (batches of the
-current epoch already trained, non-zero only for a checkpoint written on SIGTERM). Training data is a
-pure function of (seed, epoch), so resuming skips ``step_in_epoch`` batches of that epoch and goes on
-exactly where the run stopped.
+current epoch already trained, non-zero only for a checkpoint written on SIGTERM), with the records
+each input pipeline's batches used up to there (``data_position``). Training data is a pure function of
+(seed, epoch), so resuming skips those records (or, without them, ``step_in_epoch`` built batches) of
+that epoch and goes on exactly where the run stopped.
 
 ``tf.train.CheckpointManager`` writes the data files first and only then rewrites its index
 (``checkpoint``), so a kill during a save leaves the index pointing at the previous checkpoint.
@@ -37,6 +38,7 @@ construction: an evaluation reading the folder while training writes must not re
 progress.
 """
 
+import concurrent.futures
 import dataclasses
 import os
 import re
@@ -59,10 +61,22 @@ __all__ = [
     "restore_checkpoint",
     "restore_with_fallback",
     "remove_temp_folders",
+    "plain_variable",
 ]
 
 # The folder TensorFlow writes a checkpoint into before renaming its files into place.
 _TEMP_FOLDER = re.compile(r"ckpt-\d+_temp")
+
+
+def plain_variable(initial_value, **kwargs):
+    """A non-trainable ``tf.Variable`` on this host's CPU, never mirrored by the ``tf.distribute``
+    strategy in whose scope the caller may be: made in a thread of its own (scopes are per thread)."""
+    def make():
+        with tf.device("/CPU:0"):
+            return tf.Variable(initial_value, trainable=False, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(make).result()
 
 
 class CheckpointError(RuntimeError):
@@ -83,11 +97,16 @@ class RunCheckpoint:
     def __init__(self, directory, model, optimizer, max_to_keep=3, chief=True, worker_id=0):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        # Per input pipeline (per-replica batch, batches, records) at step_in_epoch (``data_position``);
+        # its own on every worker, whatever the number of pipelines.
+        self._data_position = plain_variable(tf.zeros([0, 3], tf.int64), shape=tf.TensorShape([None, 3]),
+                                             name="data_position")
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
+            data_position=self._data_position,
             # Keras does not checkpoint the states of its random seed generators (dropout,
             # stochastic depth); without them a resumed run would draw other masks.
             rng=random_states(model),
@@ -112,10 +131,18 @@ class RunCheckpoint:
     def position(self):
         return int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
 
-    def save(self, epoch, step_in_epoch=0, global_step=None):
+    @property
+    def data_position(self):
+        """int64 [num_input_pipelines, 3]: (per-replica batch, batches, records) of each input pipeline at
+        ``step_in_epoch``, the records its batches used (``efficientnetv2.train.data_position``);
+        no rows when unknown (several workers, or written before it existed)."""
+        return self._data_position.numpy()
+
+    def save(self, epoch, step_in_epoch=0, global_step=None, data_position=()):
         """Saves as ``ckpt-<global_step>`` (the optimizer's step count when not given)."""
         self.epoch.assign(epoch)
         self.step_in_epoch.assign(step_in_epoch)
+        self._data_position.assign(np.asarray(data_position, np.int64).reshape(-1, 3))
         if global_step is None:
             global_step = int(self.checkpoint.optimizer.iterations.numpy())
         if not self._temps_removed:
@@ -140,7 +167,10 @@ class RunCheckpoint:
     def _restore(self, path):
         saved = _root_names(path)
         objects = {name: getattr(self.checkpoint, name)
-                   for name in ("model", "optimizer", "epoch", "step_in_epoch", "rng", "ema")}
+                   for name in ("model", "optimizer", "epoch", "step_in_epoch", "data_position", "rng", "ema")}
+        if "data_position" not in saved:  # Written before it existed: resumes by skipping batches.
+            self._data_position.assign(tf.zeros([0, 3], tf.int64))
+            del objects["data_position"]
         if "rng" not in saved:
             # Written before random states were checkpointed: restore the rest, and say what differs.
             logging.warning("Checkpoint %s has no random-generator states (an older version wrote "

@@ -16,6 +16,7 @@ execution it arrives in (up to n - 1 steps later); the saved position is still t
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,7 +30,8 @@ import keras
 import tensorflow as tf
 
 from efficientnetv2.io import checkpointing
-from efficientnetv2.train import distribute, keras_compat, multilabel, optimizers, progressive, run_lock, schedules
+from efficientnetv2.train import (data_position, distribute, keras_compat, multilabel, optimizers, progressive,
+                                  run_lock, schedules)
 from efficientnetv2.io.checkpointing import RunCheckpoint
 from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
@@ -447,8 +449,9 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
     _log_run(config, strategy, plan, source, device)
     model, optimizer, checkpoint = _build_and_restore(config, model_dir, strategy, plan, chief)
     epoch, step_in_epoch = checkpoint.position
+    position = data_position.DataPosition(checkpoint.data_position)
     stages = progressive.ProgressiveLearning(plan.stages, config.train.epochs,
-                                             _epoch_data(config, plan, source, strategy),
+                                             _epoch_data(config, plan, source, strategy, position),
                                              ema_decay=config.train.ema_decay)
     stage_images = (progressive.StageImages(os.path.join(model_dir, "logs", "stage_images"))
                     if chief and config.train.log_stage_images else None)
@@ -471,7 +474,7 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                           [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
                           verbose if chief else 0)
         _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
-        _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint)
+        _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position)
         _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
         epoch, step_in_epoch = epoch + 1, 0
         path = checkpoint.save(epoch, 0)
@@ -538,16 +541,23 @@ def _build_and_restore(config, model_dir, strategy, plan, chief):
     return model, optimizer, checkpoint
 
 
-def _epoch_data(config, plan, source, strategy):
+def _epoch_data(config, plan, source, strategy, position=None):
     """``data(params, epoch, skip_steps)``: one epoch's distributed training data at the stage's image
-    size, RandAugment magnitude and mixup alpha, without its first ``skip_steps`` steps (a resume)."""
+    size, RandAugment magnitude and mixup alpha, without its first ``skip_steps`` steps (a resume).
+
+    A resume drops the records those steps used before decoding them, where ``position`` (the
+    checkpoint's) knows how many; else (a checkpoint without it) it drops built batches. When the data
+    runs short the epoch repeats from its start, so a short epoch of data still fills the steps."""
+    position = position or data_position.DataPosition()
 
     def data(params, epoch, skip_steps=0):
         def per_pipeline(context):
             batches = _batches_per_step(context)
-            dataset = datasets.build_train_dataset(
+            batch_size = context.get_per_replica_batch_size(params.batch_size)
+            build = functools.partial(
+                datasets.build_train_dataset,
                 source,
-                batch_size=context.get_per_replica_batch_size(params.batch_size),
+                batch_size=batch_size,
                 image_size=params.image_size,
                 randaug_magnitude=params.randaug_magnitude,
                 randaug_num_layers=config.data.randaug_num_layers,
@@ -556,14 +566,26 @@ def _epoch_data(config, plan, source, strategy):
                 seed=config.train.seed,
                 epoch=epoch,
                 input_context=context,
-                key_examples_by="id" if config.data.service_address else "position",
             )
-            # Under tf.data service the workers repeat the epoch (each drops its own partial batch);
-            # the trainer takes the epoch's steps from the job (see the README, "tf.data service").
-            dataset = datasets.service.distribute(
-                dataset.repeat(), config.data.service_address,
-                datasets.service.job_name(params.stage, epoch, context.input_pipeline_id))
-            return dataset.take(plan.stage_steps(params) * batches).skip(skip_steps * batches)
+            steps = plan.stage_steps(params)
+            if config.data.service_address:
+                # The workers repeat the epoch (each drops its own partial batch); the trainer takes the
+                # epoch's steps from the job, a resume skips built batches (see the README, "tf.data
+                # service").
+                dataset = datasets.service.distribute(
+                    build(key_examples_by="id").repeat(), config.data.service_address,
+                    datasets.service.job_name(params.stage, epoch, context.input_pipeline_id))
+                return dataset.take(steps * batches).skip(skip_steps * batches)
+            start = position.start(context, batch_size) if skip_steps else (0, 0)
+            if start is None:
+                dataset = build(with_position=True).repeat().take(steps * batches).skip(skip_steps * batches)
+            elif start == (0, 0):
+                dataset = build(with_position=True).repeat().take(steps * batches)
+            else:  # The rest of the epoch's pass, then whole passes.
+                dataset = (build(start=start, with_position=True)
+                           .concatenate(build(with_position=True).repeat())
+                           .take((steps - skip_steps) * batches))
+            return position.track(dataset, context, batch_size, start, batches, (steps - skip_steps) * batches)
 
         return strategy.distribute_datasets_from_function(per_pipeline)
 
@@ -607,10 +629,11 @@ def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
         )
 
 
-def _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint):
-    """SIGTERM before the epoch's end (of ``steps``): save the position inside the epoch and stop."""
+def _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position):
+    """SIGTERM before the epoch's end (of ``steps``): save the position inside the epoch (with the
+    records each input pipeline used, see ``data_position``) and stop."""
     if monitor.preempt_requested.is_set() and monitor.step_in_epoch < steps:
-        path = checkpoint.save(epoch, monitor.step_in_epoch)
+        path = checkpoint.save(epoch, monitor.step_in_epoch, data_position=position.rows(monitor.batches))
         raise Preempted(
             f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{steps}; "
             f"checkpoint {path}. Run the same command to resume."
