@@ -5,9 +5,9 @@ Faults (the process SIGKILLs itself, as a preempted machine would die):
   step:N      right after global step N has been trained (before any checkpoint of it)
   in_save:N   inside the N-th checkpoint save of this process: data files written, index not yet
   none        no fault
-The config is tiny_config(epochs=4, 2 stages, 5 steps per epoch, deterministic ops) unless epochs
-and steps are given. Prints "START <global step>" when training starts and "STEP <global step>" after
-every step (for benchmarks/soak.py to count lost steps).
+The config is tiny_config(epochs=4, 2 stages, 5 steps per epoch, deterministic ops, stage images)
+unless epochs and steps are given. Prints "START <global step>" when training starts and
+"STEP <global step>" after every step (for benchmarks/soak.py to count lost steps).
 """
 
 import os
@@ -22,8 +22,9 @@ from tensorflow.python.checkpoint import checkpoint_management  # noqa: E402
 from efficientnetv2.train import training  # noqa: E402
 from tests.training_helpers import tiny_config  # noqa: E402
 
+# Stage images on (tiny_config's are off): a kill may land while they are written, as in a real run.
 CONFIG = dict(**{"train.epochs": 4, "train.steps_per_epoch": 5, "train.deterministic": True,
-                 "progressive.num_stages": 2})
+                 "progressive.num_stages": 2, "train.log_stage_images": 4})
 
 
 def _die():

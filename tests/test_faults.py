@@ -50,14 +50,20 @@ def assert_same_checkpoints(a_dir, b_dir):
     assert not different, f"{len(different)} of {len(a)} variables differ, e.g. {different[:3]}"
 
 
-def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
+# 4 epochs x 5 steps, stages: epochs 1-2 at 32 px, epochs 3-4 at 48 px (steps 11-20). In the order run,
+# each restart resumes from what the previous kill left.
+BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START, INSIDE_A_STAGE = "step:3", "in_save:2", "step:11", "step:17"
+
+
+def _kill_and_resume(tmp_path, faults):
+    """The straight run, then the same run killed at each of ``faults`` and at a random moment, each
+    restart resuming what the previous kill left; its final checkpoint must equal the straight one."""
     straight = _worker(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "DONE 4 20" in straight.stdout
 
     faulty = tmp_path / "faulty"
-    # 4 epochs x 5 steps, stages: epochs 1-2 at 32 px, epochs 3-4 at 48 px (steps 11-20).
-    for fault in ["step:3", "in_save:2", "step:11", "step:17"]:
+    for fault in faults:
         run = _worker(faulty, fault)
         assert run.returncode == -signal.SIGKILL, (fault, run.stderr[-3000:])
     # A kill at a random moment (start-up, training or saving alike); the seed is printed so that a
@@ -74,6 +80,21 @@ def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
     assert final.returncode == 0, final.stderr[-3000:]
     assert "DONE 4 20" in final.stdout
     assert_same_checkpoints(tmp_path / "straight", faulty)
+
+
+def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
+    """Killed before any checkpoint, inside a checkpoint write, at the first step of a new stage and at
+    a random moment; each kill costs a process (a TensorFlow start), so the sweep below is slow."""
+    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START])
+
+
+# Slow: the test above kills mid-epoch in both stages and resumes from a checkpoint inside stage 1
+# (ckpt-5); this adds a kill at step 17, a resume inside the second stage (ckpt-15) that
+# tests/test_progressive.py's resumed run landing inside a later stage covers in-process. The
+# whole sweep again, seven processes: about 90 s.
+@pytest.mark.slow
+def test_sigkill_sweep_with_a_kill_inside_a_stage_resumes_to_bit_identical_weights(tmp_path):
+    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START, INSIDE_A_STAGE])
 
 
 def _tiny_checkpoint(directory):

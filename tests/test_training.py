@@ -233,7 +233,7 @@ def _images(folder):
 
 
 def test_each_stage_start_writes_augmented_images_and_taking_them_changes_nothing(tmp_path):
-    config = tiny_config(**{"train.epochs": 2, "progressive.randaug_end": 9})
+    config = tiny_config(**{"train.epochs": 2, "progressive.randaug_end": 9, "train.log_stage_images": 4})
     shown = training.train(config, str(tmp_path / "shown"), verbose=0)
     images = _images(tmp_path / "shown" / "logs" / "stage_images")
     # Two stages of one 3-step epoch each: at global steps 0 and 3.

@@ -29,6 +29,9 @@ def tiny_settings(**overrides):
         "eval.image_size": 48,
         "eval.batch_size": 16,
         "eval.steps": 2,
+        # No augmented images at each stage start: each costs a pipeline build (a RandAugment trace) per
+        # stage. tests/test_training.py turns them on and checks that taking them changes no weight.
+        "train.log_stage_images": 0,
     }
     settings.update(overrides)
     return {k: str(v) for k, v in settings.items()}
