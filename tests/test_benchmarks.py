@@ -70,7 +70,7 @@ def test_startup_shards_are_imagenet_records_counted_once_per_run_folder(tmp_pat
     run = str(tmp_path / "run")
     for expected in ("counted, counted", "cached, cached"):  # A first start, then a restart.
         caplog.clear()
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="absl"):
             source = datasets.get_source("imagenet", str(tmp_path / "data"), count_cache_dir=run)
             assert (source.num_examples("train"), source.num_examples("eval")) == (40, 10)
         assert startup.count_sources(caplog.text) == expected

@@ -226,7 +226,7 @@ def test_record_counts_are_cached_in_the_run_folder_and_recounted_when_shards_ch
 
     root = make_imagenet_dir(str(tmp_path / "data"), train=12, validation=5, num_shards=2)
     run = str(tmp_path / "run")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 12
     assert "counting train records" in caplog.text and os.path.isfile(os.path.join(run, "data_counts.json"))
 
@@ -235,7 +235,7 @@ def test_record_counts_are_cached_in_the_run_folder_and_recounted_when_shards_ch
 
     monkeypatch.setattr(tfrecord, "count_records", refuse)
     caplog.clear()
-    with caplog.at_level(logging.INFO):  # A restart: the count comes from the run folder, no record read.
+    with caplog.at_level(logging.INFO, logger="absl"):  # A restart: the count comes from the run folder, no read.
         assert datasets.get_source("imagenet", root, count_cache_dir=run).num_examples("train") == 12
     assert "counted before, cached in" in caplog.text
     monkeypatch.undo()
