@@ -70,8 +70,7 @@ def main(argv=None):
     }
     calls = {}
     for name, (model, y) in data.items():
-        batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
-        calls[name] = (lambda m, b: lambda: [m.train_on_batch(a, t) for a, t in b])(model, batches)
+        calls[name] = timing.compiled_step_calls(x, y, args.batch_size)["train"](model)
         calls[name]()  # Trace and compile.
     info = timing.conditions(variant=args.variant, image_size=args.image_size, batch_size=args.batch_size,
                              steps_per_call=args.steps, repeats=args.repeats)

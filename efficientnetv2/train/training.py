@@ -270,14 +270,18 @@ def _check_config(config, model_dir, allow_config_change):
         logging.warning("Config changed on resume (allowed): %s", changed)
 
 
-def _write_config(config, model_dir):
-    """Writes ``model_dir/config.yaml`` atomically (a temporary file renamed over it)."""
-    path = os.path.join(model_dir, "config.yaml")
+def _write_atomically(path, text):
+    """Writes ``text`` to ``path`` through a temporary file renamed over it: a kill leaves the old file."""
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(config_lib.dump(config))
+        f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def _write_config(config, model_dir):
+    """Writes ``model_dir/config.yaml`` atomically."""
+    return _write_atomically(os.path.join(model_dir, "config.yaml"), config_lib.dump(config))
 
 
 def _check_model_dir(model_dir):
@@ -577,10 +581,9 @@ def _epoch_data(config, plan, source, strategy, position=None):
                     datasets.service.job_name(params.stage, epoch, context.input_pipeline_id))
                 return dataset.take(steps * batches).skip(skip_steps * batches)
             start = position.start(context, batch_size) if skip_steps else (0, 0)
-            if start is None:
+            # From the epoch's start, or (no saved position) skipping built batches.
+            if start is None or start == (0, 0):
                 dataset = build(with_position=True).repeat().take(steps * batches).skip(skip_steps * batches)
-            elif start == (0, 0):
-                dataset = build(with_position=True).repeat().take(steps * batches)
             else:  # The rest of the epoch's pass, then whole passes.
                 dataset = (build(start=start, with_position=True)
                            .concatenate(build(with_position=True).repeat())
@@ -690,10 +693,7 @@ class _BestCheckpoint:
             step = int(optimizer.iterations.numpy())
             checkpointing.save_checkpoint(self.manager, step)
             self.best_top1 = results["top1"]
-            tmp = f"{self.record}.tmp"
-            with tf.io.gfile.GFile(tmp, "w") as f:
-                json.dump({"top1": float(self.best_top1), "step": step}, f)
-            tf.io.gfile.rename(tmp, self.record, overwrite=True)
+            _write_atomically(self.record, json.dumps({"top1": float(self.best_top1), "step": step}))
         return {f"eval_{k}": v for k, v in results.items()}
 
 
