@@ -56,6 +56,7 @@ MAIN = os.path.join(REPO_ROOT, "main.py")
 LABELS = 1000
 IMAGENET = {"train": (1024, 1_281_167), "validation": (128, 50_000)}
 REPORT_ENV = "STARTUP_BENCHMARK_REPORT"
+MARKER = ".startup-benchmark"  # In a --work_dir whose folders this benchmark wrote.
 
 # B0 at a quarter width and depth, 32 px, batch 8, one stage; an epoch longer than every start
 # together (each stops after its second step), so every restart has steps left.
@@ -246,9 +247,18 @@ def _median(values):
 
 def write_sets(work_dir: str, renamed: bool = True) -> dict:
     """The shard sets: name -> (paths, record counts)."""
-    for name in ("standard", "tenth", "renamed", "runs"):  # Fresh sets and run folders every time.
-        shutil.rmtree(os.path.join(work_dir, name), ignore_errors=True)
+    # Fresh sets and run folders every time, but only folders this benchmark wrote (MARKER says so):
+    # a --work_dir of the user's may hold folders of these names.
+    ours = os.path.exists(os.path.join(work_dir, MARKER))
+    for name in ("standard", "tenth", "renamed", "runs"):
+        path = os.path.join(work_dir, name)
+        if os.path.exists(path) and not ours:
+            raise FileExistsError(f"{path} exists and was not written by this benchmark; nothing was "
+                                  "removed: choose an empty or new --work_dir")
+        shutil.rmtree(path, ignore_errors=True)
     os.makedirs(os.path.join(work_dir, "runs"))
+    with open(os.path.join(work_dir, MARKER), "w") as f:
+        f.write("Written by benchmarks/startup.py, which may replace its folders here.\n")
     t = time.perf_counter()
     framed = framed_records()
     tenth = {split: (shards, count // 10) for split, (shards, count) in IMAGENET.items()}

@@ -111,3 +111,13 @@ def test_startup_measures_a_first_start_and_a_restart(tmp_path):
         assert result["counts"] == counts and result["exit_code"] == 75  # Preempted after the first step.
         assert 0 < result["first_step"]["seconds"] <= result["exit"]["seconds"]
         assert result["first_step"]["rchar"] <= result["exit"]["rchar"]
+
+
+def test_startup_benchmark_refuses_a_work_dir_folder_it_did_not_write(tmp_path):
+    from benchmarks import startup
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mine.txt").write_text("a user's file")
+    with pytest.raises(FileExistsError, match="runs exists and was not written by this benchmark"):
+        startup.write_sets(str(tmp_path), renamed=False)
+    assert (tmp_path / "runs" / "mine.txt").read_text() == "a user's file"
