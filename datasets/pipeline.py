@@ -33,7 +33,8 @@ def targets(label: tf.Tensor, num_classes: int, multi_label: bool = False) -> tf
 
 
 def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: int,
-                  multi_label: bool = False, randaug_magnitude=0.0, randaug_num_layers: int = 2):
+                  multi_label: bool = False, randaug_magnitude=0.0, randaug_num_layers: int = 2,
+                  randaug_pixel_scale: float = 1.0):
     """One example -> (float32 [S, S, 3] in [0, 255], float32 [num_classes]) for training:
     random-resized crop (crop-only decode for JPEG), resize, flip, RandAugment."""
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
@@ -41,7 +42,8 @@ def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: 
     image = decode.random_flip(image, flip_seed)
     skip_randaugment = isinstance(randaug_magnitude, (int, float)) and randaug_magnitude == 0
     if randaug_num_layers > 0 and not skip_randaugment:
-        image = randaugment.randaugment(image, augment_seed, randaug_magnitude, randaug_num_layers)
+        image = randaugment.randaugment(image, augment_seed, randaug_magnitude, randaug_num_layers,
+                                        randaug_pixel_scale)
     return image, targets(example["label"], num_classes, multi_label)
 
 
@@ -62,7 +64,7 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
                         cutmix_alpha: float = 0.0, seed: int = 0, epoch: int = 0,
                         input_context: Optional[tf.distribute.InputContext] = None,
                         key_examples_by: str = "position", start: Tuple[int, int] = (0, 0),
-                        with_position: bool = False) -> tf.data.Dataset:
+                        with_position: bool = False, randaug_pixel_scale: float = 1.0) -> tf.data.Dataset:
     """One epoch of (images float32 [B, S, S, 3] in [0, 255], labels float32 [B, num_classes]).
 
     `batch_size` is per replica; the last partial batch is dropped (static shapes).  The epoch is a
@@ -86,6 +88,7 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
         raise ValueError(f"start={tuple(start)}: {start_batch} batches of {batch_size} use at least "
                          f"{start_batch * batch_size} records")
     randaugment.check_magnitude(randaug_magnitude)
+    randaugment.check_pixel_scale(randaug_pixel_scale)
     num_pipelines, pipeline_id = ordering.pipelines(input_context)
     examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
                             input_context=input_context, image_size=image_size)
@@ -100,7 +103,7 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
             global_index = tf.strings.to_hash_bucket_fast(example["id"], 2**63 - 1)
         example_seed = tf.random.experimental.stateless_fold_in(example_key, global_index)
         return (*train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
-                               randaug_magnitude, randaug_num_layers), global_index, index)
+                               randaug_magnitude, randaug_num_layers, randaug_pixel_scale), global_index, index)
 
     # Positions are counted before the resume's skip, which drops records undecoded.
     dataset = examples.enumerate().skip(start_record)

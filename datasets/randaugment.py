@@ -28,6 +28,10 @@ beyond it (`check_magnitude` accepts 0 to MAX_MAGNITUDE = 30).  "+-" is a random
 | cutout        | gray square of side 2 * int(m / 10 * 40)          | 40 px        | 120 px         |
 | solarize_add  | add int(m / 10 * 110) to x < 128, clip at 255     | +55          | +165           |
 
+Translate and cutout are absolute pixels, set for the paper's 128-380 px images: at 56 px, m = 5
+already shifts by up to 50 px.  `pixel_scale` (config `data.randaug_pixel_scale`, default 1: the
+reference) multiplies both, so a run at k times the paper's sizes can keep their share of the image.
+
 Not monotonic in m, as in the reference: the enhance factors pass through 1 (no change) at m = 5
 and are strong at m = 0 (0.1: nearly gray, flat or black), Solarize weakens from m = 0 (every
 pixel inverted) towards m = 10, and Posterize keeps more bits as m grows (all 8 at m = 20).  So
@@ -103,12 +107,12 @@ def shear_amount(m) -> tf.Tensor:
     return tf.cast(_level(m, 0.3), tf.float32)
 
 
-def translate_pixels(m) -> tf.Tensor:
-    return tf.cast(_level(m, 100.0), tf.float32)
+def translate_pixels(m, pixel_scale: float = 1.0) -> tf.Tensor:
+    return tf.cast(_level(m, 100.0 * pixel_scale), tf.float32)
 
 
-def cutout_half_size(m) -> tf.Tensor:
-    return _truncated(m, 40.0)
+def cutout_half_size(m, pixel_scale: float = 1.0) -> tf.Tensor:
+    return _truncated(m, 40.0 * pixel_scale)
 
 
 PARAMETERS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
@@ -348,25 +352,30 @@ def _sign(seed):
 
 AugmentFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # (image, m, seed) -> image
 
-# In the reference's order.
-AUGMENTATIONS: Dict[str, AugmentFn] = {
-    "auto_contrast": lambda image, m, seed: auto_contrast(image),
-    "equalize": lambda image, m, seed: equalize(image),
-    "invert": lambda image, m, seed: invert(image),
-    "rotate": lambda image, m, seed: rotate(image, _sign(seed) * rotate_degrees(m)),
-    "posterize": lambda image, m, seed: posterize(image, posterize_bits(m)),
-    "solarize": lambda image, m, seed: solarize(image, solarize_threshold(m)),
-    "color": lambda image, m, seed: color(image, enhance_factor(m)),
-    "contrast": lambda image, m, seed: contrast(image, enhance_factor(m)),
-    "brightness": lambda image, m, seed: brightness(image, enhance_factor(m)),
-    "sharpness": lambda image, m, seed: sharpness(image, enhance_factor(m)),
-    "shear_x": lambda image, m, seed: shear_x(image, _sign(seed) * shear_amount(m)),
-    "shear_y": lambda image, m, seed: shear_y(image, _sign(seed) * shear_amount(m)),
-    "translate_x": lambda image, m, seed: translate_x(image, _sign(seed) * translate_pixels(m)),
-    "translate_y": lambda image, m, seed: translate_y(image, _sign(seed) * translate_pixels(m)),
-    "cutout": lambda image, m, seed: cutout(image, cutout_half_size(m), seed),
-    "solarize_add": lambda image, m, seed: solarize_add(image, solarize_addition(m)),
-}
+
+def _augmentations(pixel_scale: float = 1.0) -> Dict[str, AugmentFn]:
+    """The 16 ops in the reference's order; translate and cutout at `pixel_scale` x its pixels."""
+    return {
+        "auto_contrast": lambda image, m, seed: auto_contrast(image),
+        "equalize": lambda image, m, seed: equalize(image),
+        "invert": lambda image, m, seed: invert(image),
+        "rotate": lambda image, m, seed: rotate(image, _sign(seed) * rotate_degrees(m)),
+        "posterize": lambda image, m, seed: posterize(image, posterize_bits(m)),
+        "solarize": lambda image, m, seed: solarize(image, solarize_threshold(m)),
+        "color": lambda image, m, seed: color(image, enhance_factor(m)),
+        "contrast": lambda image, m, seed: contrast(image, enhance_factor(m)),
+        "brightness": lambda image, m, seed: brightness(image, enhance_factor(m)),
+        "sharpness": lambda image, m, seed: sharpness(image, enhance_factor(m)),
+        "shear_x": lambda image, m, seed: shear_x(image, _sign(seed) * shear_amount(m)),
+        "shear_y": lambda image, m, seed: shear_y(image, _sign(seed) * shear_amount(m)),
+        "translate_x": lambda image, m, seed: translate_x(image, _sign(seed) * translate_pixels(m, pixel_scale)),
+        "translate_y": lambda image, m, seed: translate_y(image, _sign(seed) * translate_pixels(m, pixel_scale)),
+        "cutout": lambda image, m, seed: cutout(image, cutout_half_size(m, pixel_scale), seed),
+        "solarize_add": lambda image, m, seed: solarize_add(image, solarize_addition(m)),
+    }
+
+
+AUGMENTATIONS: Dict[str, AugmentFn] = _augmentations()
 
 
 def check_magnitude(magnitude) -> None:
@@ -383,11 +392,24 @@ def augment(image: tf.Tensor, name: str, magnitude, seed: tf.Tensor) -> tf.Tenso
                                tf.cast(magnitude, tf.float32), seed)
 
 
-def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 2) -> tf.Tensor:
-    """`num_layers` ops chosen uniformly from AUGMENTATIONS, each at `magnitude`."""
+def check_pixel_scale(pixel_scale) -> None:
+    """ValueError unless `pixel_scale` is a number > 0."""
+    if not isinstance(pixel_scale, (int, float)) or not pixel_scale > 0:
+        raise ValueError(f"randaug_pixel_scale={pixel_scale!r} must be a number > 0")
+
+
+def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 2,
+                pixel_scale: float = 1.0) -> tf.Tensor:
+    """`num_layers` ops chosen uniformly from AUGMENTATIONS, each at `magnitude`.
+
+    `pixel_scale` scales the two ops whose parameters are absolute pixels (translate, cutout), for
+    images scaled from the reference's sizes: 1 is the reference's units; a run at the paper's sizes
+    times k (e.g. 56 -> 128 px for S's 128 -> 300) keeps those ops' share of the image with k.
+    """
     check_magnitude(magnitude)
+    check_pixel_scale(pixel_scale)
     m = tf.cast(magnitude, tf.float32)
-    ops = list(AUGMENTATIONS.values())
+    ops = list((AUGMENTATIONS if pixel_scale == 1 else _augmentations(pixel_scale)).values())
 
     def layer(index, image):  # A loop, not unrolled: the 16 ops are traced once, not per layer.
         choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(

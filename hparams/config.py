@@ -77,6 +77,9 @@ class DataConfig:
     dataset: str = "auto"
     data_dir: typing.Optional[str] = None
     randaug_num_layers: int = 2
+    # Multiplies RandAugment's two pixel-valued ops (translate, cutout; datasets/randaugment.py): 1
+    # is the reference's units, set for the paper's 128-380 px; k for a run at k x those sizes.
+    randaug_pixel_scale: float = 1.0
     cutmix_alpha: float = 0.0
     # "grpc://HOST:PORT" of a tf.data service dispatcher: the training pipeline runs on its workers
     # (datasets/service.py); "" preprocesses on this host.
@@ -488,6 +491,7 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
         "progressive.num_stages": config.progressive.num_stages,
         "model.head_filters": config.model.head_filters,
         "train.keep_checkpoints": config.train.keep_checkpoints,
+        "data.randaug_pixel_scale": config.data.randaug_pixel_scale,
     }
     optional_positive = {
         "train.steps_per_epoch": config.train.steps_per_epoch,

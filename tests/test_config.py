@@ -112,6 +112,7 @@ def test_dump_round_trip():
     [
         ("train.epochs=0", {}, r"'train.epochs' = 0: must be > 0"),
         ("train.batch_size=-8", {}, r"'train.batch_size' = -8: must be > 0"),
+        ("data.randaug_pixel_scale=0", {}, r"'data.randaug_pixel_scale' = 0.0: must be > 0"),
         ("train.steps_per_epoch=0", {}, r"'train.steps_per_epoch' = 0: must be > 0"),
         ("eval.image_size=-1", {}, r"'eval.image_size' = -1: must be > 0"),
         ("train.batch_size=30", dict(num_replicas=4), r"'train.batch_size' = 30: must be divisible by the number of replicas \(4\)"),

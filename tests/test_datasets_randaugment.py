@@ -329,3 +329,34 @@ def test_randaugment_draws_every_op():
         out = ra.randaugment(IMAGE, np.array([s, 3], np.int64), 15.0, num_layers=1).numpy()
         seen.update(name for name, image in results.items() if np.array_equal(out, image))
     assert seen == set(fixed)
+
+
+def test_pixel_scale_scales_translate_and_cutout_and_nothing_else():
+    # m = 15: translate 150 px and cutout half-side 60 at scale 1; 60 px and 24 at scale 0.4.
+    image = np.zeros([200, 200, 3], np.float32)
+    changed, unchanged = set(), 0
+    for s in range(150):
+        seed = np.array([s, 4], np.int64)
+        reference = ra.randaugment(image, seed, 15.0, num_layers=1).numpy()
+        scaled = ra.randaugment(image, seed, 15.0, num_layers=1, pixel_scale=0.4).numpy()
+        if np.array_equal(reference, scaled):
+            unchanged += 1
+            continue
+        filled_reference, filled_scaled = (np.all(out == ra.FILL_VALUE, axis=-1) for out in (reference, scaled))
+        if filled_reference.all(axis=0).sum() == 150:
+            assert filled_scaled.all(axis=0).sum() == 60
+            changed.add("translate_x")
+        elif filled_reference.all(axis=1).sum() == 150:
+            assert filled_scaled.all(axis=1).sum() == 60
+            changed.add("translate_y")
+        else:  # cutout: a square of side 2 x half-side, clipped at the border
+            rows, cols = np.nonzero(filled_scaled)
+            assert 0 < np.ptp(rows) + 1 <= 48 and 0 < np.ptp(cols) + 1 <= 48
+            rows, cols = np.nonzero(filled_reference)
+            assert max(np.ptp(rows), np.ptp(cols)) + 1 > 48
+            changed.add("cutout")
+    assert changed == {"translate_x", "translate_y", "cutout"} and unchanged > 100
+    np.testing.assert_array_equal(ra.randaugment(IMAGE, SEED, 15.0, pixel_scale=1.0),
+                                  ra.randaugment(IMAGE, SEED, 15.0))
+    with pytest.raises(ValueError, match="randaug_pixel_scale=0"):
+        ra.randaugment(IMAGE, SEED, 15.0, pixel_scale=0)

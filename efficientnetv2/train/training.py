@@ -565,6 +565,7 @@ def _epoch_data(config, plan, source, strategy, position=None):
                 image_size=params.image_size,
                 randaug_magnitude=params.randaug_magnitude,
                 randaug_num_layers=config.data.randaug_num_layers,
+                randaug_pixel_scale=config.data.randaug_pixel_scale,
                 mixup_alpha=params.mixup_alpha,
                 cutmix_alpha=config.data.cutmix_alpha,
                 seed=config.train.seed,
@@ -601,7 +602,8 @@ def _augmented_images(config, source, params, epoch, count):
     is a pure function of (seed, epoch), so taking them changes nothing in the run."""
     dataset = datasets.build_train_dataset(
         source, batch_size=count, image_size=params.image_size, randaug_magnitude=params.randaug_magnitude,
-        randaug_num_layers=config.data.randaug_num_layers, mixup_alpha=params.mixup_alpha,
+        randaug_num_layers=config.data.randaug_num_layers,
+        randaug_pixel_scale=config.data.randaug_pixel_scale, mixup_alpha=params.mixup_alpha,
         cutmix_alpha=config.data.cutmix_alpha, seed=config.train.seed, epoch=epoch,
     )
     for images, _ in dataset.take(1):
