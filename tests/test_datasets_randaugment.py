@@ -327,7 +327,8 @@ def test_randaugment_draws_every_op():
     seen = set()
     for s in range(120):
         out = ra.randaugment(IMAGE, np.array([s, 3], np.int64), 15.0, num_layers=1).numpy()
-        seen.update(name for name, image in results.items() if np.array_equal(out, image))
+        # The policy is a traced graph, whose float sums may round differently from the eager op's.
+        seen.update(name for name, image in results.items() if np.allclose(out, image, atol=1e-3))
     assert seen == set(fixed)
 
 
