@@ -256,6 +256,11 @@ def main():
         print(f"| {NAMES.get(mode, mode)} | {s['train_s']:.0f} | {s['measured_s']:.0f} | {s['wall_s']:.0f} | "
               f"{s['images'] / s['train_s']:.1f} | {100 * s['top1']:.1f}% | "
               f"{s['train_s'] / base['train_s']:.2f}x | {100 * (s['top1'] - base['top1']):+.1f} pts |")
+    # The time each run would take if an image cost in proportion to its pixels: the floor for a
+    # progressive schedule unless small images train cheaper per pixel than large ones.
+    pixels = {mode: sum(p["image_size"] ** 2 for p in curves[mode]) for mode in modes}
+    print("Pixels trained vs (a) (the time ratio if an image's cost were proportional to its pixels): "
+          + ", ".join(f"{NAMES.get(m, m).split()[0]} {pixels[m] / pixels[modes[0]]:.2f}x" for m in modes))
     if args.plot:
         plot(curves, args.plot, title)
         print(f"Curves drawn in {args.plot}")
