@@ -1,10 +1,11 @@
 """Skip examples whose image cannot be decoded, and TFRecord shards that are corrupt; count both.
 
 tf.data has no try/except: `Dataset.ignore_errors()` drops failing elements silently.  Here each
-element is processed inside its own one-element dataset; a failure leaves it empty and a
-placeholder marked "failed" takes its place.  Failed elements are counted (and the first ones
-named), then filtered out.  The extra per-element dataset costs some tens of microseconds, small
-next to decoding an image.
+run of WINDOW elements is processed inside a dataset of its own, with its places in the run; a
+failure leaves a gap in the places, which names it (the run's ids) and counts it.  Failed elements
+are counted and the first ones named.  The per-run dataset costs a few tenths of a millisecond of
+CPU, shared by the run's elements (one per element cost 0.3-0.6 ms per image, a tenth of an
+image's cost at 300 px).
 
 Only errors raised by `fn` are skipped; errors upstream (a label out of range) still stop the
 pipeline.  A corrupt or truncated TFRecord shard is read up to the damage; `datasets.tfrecord`
@@ -114,32 +115,66 @@ def _count_skipped_image(example_id: tf.Tensor) -> tf.Tensor:
     return tf.cond(count <= _MAX_LOGGED, warn, lambda: tf.constant(False))
 
 
-def _placeholder(spec):
-    shape = [0 if d is None else d for d in spec.shape.as_list()]
-    return tf.zeros(shape, spec.dtype)
+def _empty(spec: tf.TensorSpec) -> tf.Tensor:
+    """A tensor of `spec`'s dtype and rank with no elements (a scalar for rank 0)."""
+    return tf.zeros([0] * spec.shape.rank, spec.dtype)
+
+
+def _call(fn: Callable, element):
+    return fn(*element) if isinstance(element, tuple) else fn(element)
+
+
+WINDOW = 16  # Elements per inner dataset: its set-up cost is shared by this many.
 
 
 def map_skipping_errors(dataset: tf.data.Dataset, fn: Callable, id_fn: Callable,
-                        num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                        num_parallel_calls: int = tf.data.AUTOTUNE,
+                        window: int = WINDOW) -> tf.data.Dataset:
     """`dataset.map(fn)`, in order, without the elements on which `fn` raises an error.
 
     `id_fn(*element)` gives a string tensor naming the element (file, shard and record) for the
     log.  Elements must be tuples or single structures as in `Dataset.map`.
+
+    Each run of `window` elements is mapped in a dataset of its own with `ignore_errors()`; the
+    mapped elements keep their place in the run, so a gap in the places is a failure, named from
+    the run's ids and counted.  A last empty-shaped element closes each run (counting failures at
+    its end) and is dropped.  One dataset per run instead of one per element: its set-up (a few
+    tenths of a millisecond of CPU) was a tenth of an image's whole cost at 300 px.
     """
-    def attempt(*element):
-        example_id = id_fn(*element)
-        succeeded = tf.data.Dataset.from_tensors(element).map(lambda *e: (fn(*e), True))
-        failed = tf.nest.map_structure(_placeholder, succeeded.element_spec[0])
-        fallback = tf.data.Dataset.from_tensors((failed, False))
-        first = succeeded.ignore_errors().concatenate(fallback).take(1)
-        return first.map(lambda output, ok: (output, ok, example_id))
+    if window < 1:
+        raise ValueError(f"window={window} must be >= 1")
 
-    def count_failure(output, ok, example_id):
-        ok = tf.cond(ok, lambda: ok, lambda: _count_skipped_image(example_id))
-        return output, ok
+    def attempt(*runs):
+        elements = runs[0] if len(runs) == 1 else tf.data.Dataset.zip(runs)
+        if isinstance(elements, dict):
+            elements = tf.data.Dataset.zip(elements)
+        ids = elements.map(lambda *e: id_fn(*e)).batch(window).get_single_element()
+        mapped = elements.enumerate().map(lambda place, e: (_call(fn, e), place)).ignore_errors()
+        spec = mapped.element_spec[0]
+        end = tf.data.Dataset.from_tensors((tf.nest.map_structure(_empty, spec),
+                                            tf.size(ids, out_type=tf.int64)))
 
-    return (dataset
-            .interleave(attempt, num_parallel_calls=num_parallel_calls, deterministic=True)
-            .map(count_failure)
-            .filter(lambda output, ok: ok)
-            .map(lambda output, ok: output))
+        def count_failures(expected, element):
+            output, place = element
+
+            def count():
+                def body(p, ok):
+                    ok = _count_skipped_image(ids[p])
+                    return p + 1, ok
+                _, ok = tf.while_loop(lambda p, ok: p < place, body, [expected, tf.constant(True)])
+                return ok
+
+            counted = tf.cond(place > expected, count, lambda: tf.constant(True))
+            with tf.control_dependencies([counted]):
+                is_output = place < tf.size(ids, out_type=tf.int64)
+            return place + 1, (output, is_output)
+
+        return (mapped.concatenate(end)
+                .scan(tf.constant(0, tf.int64), count_failures)
+                .filter(lambda output, is_output: is_output)
+                .map(lambda output, is_output: tf.nest.map_structure(
+                    lambda t, s: tf.ensure_shape(t, s.shape), output, spec)))
+
+    return (dataset.window(window)
+            .interleave(attempt, num_parallel_calls=num_parallel_calls, block_length=window,
+                        deterministic=True))
