@@ -118,7 +118,9 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
         if mix:
             batch_seed = tf.random.experimental.stateless_fold_in(
                 batch_key, keys[0] if key_examples_by == "id" else index)
-            images, labels = mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha)
+            # In place: nothing else reads the batch.
+            images, labels = mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha,
+                                              in_place=True)
         if not with_position:
             return images, labels
         return images, labels, tf.stack([index + 1, positions[-1] + 1])

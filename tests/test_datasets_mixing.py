@@ -70,3 +70,42 @@ def test_mixing_is_deterministic_per_seed():
     other = mixing.mix_batch(IMAGES, LABELS, np.array([7, 7], np.int64), 0.4, 1.0)
     np.testing.assert_array_equal(first[0], again[0])
     assert not np.array_equal(first[1], other[1])
+
+
+def _reference_mixup(images, lam):
+    """The formula, on the whole batch at once: x + (1 - lam) (x_reversed - x)."""
+    weights = (1.0 - lam)[:, None, None, None]
+    return images + weights * (tf.reverse(images, axis=[0]) - images)
+
+
+@pytest.mark.parametrize("batch", [1, 6, 9, 19])  # 19: 9 pairs in three chunks and a middle row.
+def test_mixup_in_place_equals_the_whole_batch_formula_exactly(batch):
+    images = tf.constant(np.random.default_rng(batch).uniform(0, 255, [batch, 5, 4, 3]), tf.float32)
+    lam = mixing.sample_beta(SEED, 0.4, [batch])
+    expected = _reference_mixup(images, lam).numpy()
+    held = images.numpy()
+    np.testing.assert_array_equal(mixing._mix_images_in_place(images, lam), expected)
+    np.testing.assert_array_equal(images, held)  # Held by this test: copied, not written over.
+    mapped = tf.data.Dataset.from_tensors(images).map(
+        lambda x: mixing.mixup(x, LABELS[:1].repeat(batch, 0), SEED, 0.4, in_place=True)[0])
+    np.testing.assert_array_equal(next(iter(mapped)), expected)
+    unknown_batch = tf.function(lambda x: mixing.mixup(x, LABELS[:1].repeat(batch, 0), SEED, 0.4,
+                                                       in_place=True)[0],
+                                input_signature=[tf.TensorSpec([None, 5, 4, 3], tf.float32)])
+    np.testing.assert_array_equal(unknown_batch(images), expected)
+
+
+def test_mixup_leaves_a_batch_that_is_still_held_unchanged():
+    images = tf.constant(IMAGES)
+
+    @tf.function
+    def mixed_and_original(x):
+        mixed, _ = mixing.mixup(x, LABELS, SEED, 0.4)
+        return mixed, x + 0.0  # x is read after the mixing.
+
+    mixed, original = mixed_and_original(images)
+    np.testing.assert_array_equal(original, IMAGES)
+    np.testing.assert_array_equal(images, IMAGES)
+    assert not np.array_equal(mixed, IMAGES)
+    np.testing.assert_array_equal(mixing.mixup(images, LABELS, SEED, 0.4)[0], mixed)
+    np.testing.assert_array_equal(images, IMAGES)
