@@ -51,12 +51,8 @@ def _default_environment():
     TF_CPU_ALLOCATOR_USE_BFC=false keeps malloc.
     TensorFlow reads it when it starts: left alone in a process that has imported it already (a
     test calling main()), where it would change nothing but the environment of child processes."""
-    if "tensorflow" not in sys.modules and "TF_CPU_ALLOCATOR_USE_BFC" not in os.environ:
-        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-        # TensorFlow caps the pool at 64 GiB: on a larger host, a pipeline with big shuffle buffers
-        # would fail there with memory to spare. The host's memory instead, unless the user chose.
-        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-        os.environ.setdefault("TF_CPU_BFC_MEM_LIMIT_IN_MB", str(max(memory_mb, 1 << 16)))
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def main(argv):
