@@ -12,7 +12,6 @@ import datetime
 import logging as std_logging
 import os
 import re
-import sys
 
 from absl import app, flags, logging
 
@@ -44,21 +43,9 @@ def _drop_tensorflow_info(record):
     return record.levelno > std_logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
 
 
-def _default_environment():
-    """TensorFlow's BFC allocator for host memory, unless the user chose: the default (malloc) maps
-    each large buffer afresh, and the input pipeline's batch-sized buffers (69 MB at 300 px, batch
-    64) then cost page faults on every batch.  Its pool is capped by TF_CPU_BFC_MEM_LIMIT_IN_MB;
-    TF_CPU_ALLOCATOR_USE_BFC=false keeps malloc.
-    TensorFlow reads it when it starts: left alone in a process that has imported it already (a
-    test calling main()), where it would change nothing but the environment of child processes."""
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _default_environment()  # Before anything imports TensorFlow.
     # TensorFlow's own INFO lines (e.g. each checkpoint's "Sharding callback duration") drown ours.
     logging.get_absl_handler().addFilter(_drop_tensorflow_info)
     from hparams import config as config_lib

@@ -131,21 +131,3 @@ def test_one_line_strips_tensorflow_annotations():
     error = tf.errors.DataLossError(None, None, "corrupted record at 164584 {{function_node __inference_x}} "
                                                 "[Op:IteratorGetNext]\n  more detail\n")
     assert main._one_line(error) == "corrupted record at 164584"
-
-
-@pytest.mark.parametrize("before, tensorflow_started, after", [
-    (None, False, "true"), ("false", False, "false"), (None, True, None)])
-def test_bfc_host_allocator_is_the_default_only_before_tensorflow_starts(monkeypatch, before,
-                                                                         tensorflow_started, after):
-    import main
-
-    if before is None:
-        monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
-    else:
-        monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", before)
-    if not tensorflow_started:
-        monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
-    else:
-        import tensorflow  # noqa: F401
-    main._default_environment()
-    assert os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") == after
