@@ -61,6 +61,7 @@ sample the nearest pixel and fill uncovered pixels with gray 128, as the referen
 are rounded to whole pixels (as nearest sampling does).
 """
 
+import functools
 import math
 from typing import Callable, Dict
 
@@ -416,24 +417,19 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 
         tf.convert_to_tensor(image, tf.float32), tf.cast(seed, tf.int64), tf.cast(magnitude, tf.float32))
 
 
-_policies: Dict[tuple, Callable] = {}
-
-
+@functools.cache
 def _policy(num_layers: int, pixel_scale: float) -> Callable:
-    key = (num_layers, pixel_scale)
-    if key not in _policies:
-        ops = list((AUGMENTATIONS if pixel_scale == 1 else _augmentations(pixel_scale)).values())
+    ops = list(_augmentations(pixel_scale).values())
 
-        def policy(image, seed, m):
-            def layer(index, image):  # A loop, not unrolled: the 16 ops are traced once, not per layer.
-                choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(
-                    tf.random.experimental.stateless_fold_in(seed, index), 2))
-                choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), dtype=tf.int32)
-                image = tf.switch_case(choice, [lambda op=op: op(image, m, op_seed) for op in ops])
-                return index + 1, tf.ensure_shape(image, image.shape)
+    def policy(image, seed, m):
+        def layer(index, image):  # A loop, not unrolled: the 16 ops are traced once, not per layer.
+            choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(seed, index), 2))
+            choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), dtype=tf.int32)
+            image = tf.switch_case(choice, [lambda op=op: op(image, m, op_seed) for op in ops])
+            return index + 1, tf.ensure_shape(image, image.shape)
 
-            _, image = tf.while_loop(lambda index, _: index < num_layers, layer, [0, image])
-            return image
+        _, image = tf.while_loop(lambda index, _: index < num_layers, layer, [0, image])
+        return image
 
-        _policies[key] = tf.function(policy)
-    return _policies[key]
+    return tf.function(policy)
