@@ -9,6 +9,7 @@ A small convnet learns it to high accuracy in minutes on a CPU: it is a smoke te
 training loop, not a benchmark.  Train on real images with `--data_dir` (see `get_source`).
 """
 
+import functools
 import math
 from typing import Optional
 
@@ -96,6 +97,14 @@ def render(index: tf.Tensor, image_size: int, seed: int = 0, split: str = "train
     return image
 
 
+@functools.cache
+def _renderer(image_size: int, seed: int, split: str):
+    """``render`` at these settings as a graph function traced once per process: every epoch's
+    pipeline (built anew) calls it instead of tracing the drawing again."""
+    return tf.function(lambda index: render(index, image_size, seed, split), autograph=False,
+                       input_signature=[tf.TensorSpec([], tf.int64)])
+
+
 class SyntheticSource(Source):
     """Rendered shapes and patterns (see the module docstring): no files, any image size."""
 
@@ -119,8 +128,10 @@ class SyntheticSource(Source):
         indices = ordering.shard_in_memory([tf.range(self.num_examples(split), dtype=tf.int64)],
                                            seed, input_context)
 
+        draw = _renderer(image_size, self.seed, split)
+
         def example(index):
-            return {"image": render(index, image_size, self.seed, split),
+            return {"image": draw(index),
                     "label": tf.cast(index % self.num_classes, tf.int32),
                     "id": tf.strings.format("synthetic/{}#{}", (split, index))}
 

@@ -1,7 +1,10 @@
-"""datasets/service.py: training through a tf.data service dispatcher and two workers, in process; TFRecord
-shards through a worker in a process of its own (no Python callbacks there), and no Python callback in
-the graphs the workers run."""
+"""datasets/service.py: training through a tf.data service dispatcher (in process) and two workers (in a
+process of their own; one test stops a worker of an in-process cluster mid-epoch); TFRecord shards through
+a worker in another process (no Python callbacks there), and no Python callback in the graphs the workers
+run."""
 
+import gc
+import json
 import os
 import socket
 import subprocess
@@ -31,12 +34,53 @@ def _cluster():
     return dispatcher, [service.start_worker(address, **WORKER) for _ in range(2)]
 
 
+# Two workers in a process of their own, writing their task counts to a file. Killed at the end:
+# in this process, a worker's stop() took 8-113 s at the module's end (it waits for requests in flight),
+# and stopping it on a thread instead stalled the next test as long.
+WORKERS = """
+import json, os, sys, time
+from datasets import service
+workers = [service.start_worker(sys.argv[1], **json.loads(sys.argv[2])) for _ in range(2)]
+while True:
+    with open(sys.argv[3] + ".tmp", "w") as f:
+        json.dump([w._num_tasks() for w in workers], f)
+    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
+    time.sleep(0.05)
+"""
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    dispatcher, workers = _cluster()
-    yield dispatcher, workers
-    # Not stopped: TensorFlow's stop() waits out the workers' in-flight jobs (about 50 s here); the
-    # servers are threads of this test process and end with it.
+def cluster(tmp_path_factory):
+    """(dispatcher, tasks): ``tasks()`` gives each worker's number of tasks so far."""
+    dispatcher = service.start_dispatcher(**DISPATCHER)
+    counts = tmp_path_factory.mktemp("workers") / "tasks.json"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen([sys.executable, "-c", WORKERS, dispatcher.target, json.dumps(WORKER), str(counts)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while dispatcher._num_workers() < 2 or not counts.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+            time.sleep(0.1)
+
+        def tasks():
+            time.sleep(0.2)  # A fresh count.
+            return json.loads(counts.read_text())
+
+        yield dispatcher, tasks
+    finally:
+        process.kill()
+        process.wait()
+        dispatcher.stop()
+
+
+def _stop(servers):
+    """Stops the servers without waiting: a worker's stop() waits for the requests in flight of data
+    service clients that are garbage but not yet collected; with a collection first it returns at once."""
+    gc.collect()
+    for server in servers:
+        server.stop()
 
 
 def _free_port():
@@ -116,7 +160,7 @@ def test_unreachable_dispatcher_is_a_one_line_error_not_a_hang(tmp_path):
 def test_every_example_once_per_epoch_each_augmented_as_by_its_id(cluster, tmp_path):
     """DYNAMIC sharding over two workers: the epoch's examples, each made once, each with the
     crop/flip/RandAugment of the local pipeline keyed by id; only the order is the service's."""
-    dispatcher, workers = cluster
+    dispatcher, _ = cluster
     src = datasets.get_source("auto", make_imagenet_dir(str(tmp_path), train=12, num_shards=4))
     kwargs = dict(batch_size=1, image_size=32, randaug_magnitude=10.0, seed=3, epoch=1, key_examples_by="id")
 
@@ -132,8 +176,8 @@ def test_every_example_once_per_epoch_each_augmented_as_by_its_id(cluster, tmp_p
 
 
 def test_progressive_run_through_two_workers_switches_shapes_with_the_stage(cluster, tmp_path):
-    dispatcher, workers = cluster
-    tasks_before = [w._num_tasks() for w in workers]
+    dispatcher, tasks = cluster
+    tasks_before = tasks()
     recorder = ShapeRecorder()
     config = tiny_config(**{"data.service_address": dispatcher.target, "train.epochs": 2,
                             "train.steps_per_epoch": 2, "progressive.mixup_end": 0.2})
@@ -146,7 +190,7 @@ def test_progressive_run_through_two_workers_switches_shapes_with_the_stage(clus
     assert len(recorder.batches) == 2 * 2 and result["epoch"] == 2
     assert (result["logs"]["image_size"], result["logs"]["stage"]) == (48, 2)
     # A job per epoch, with tasks on both workers: the data was made by the service.
-    assert all(w._num_tasks() - before >= 2 for w, before in zip(workers, tasks_before))
+    assert all(after - before >= 2 for after, before in zip(tasks(), tasks_before))
 
 
 def test_a_worker_dying_mid_epoch_keeps_the_checkpoints(tmp_path):
@@ -169,8 +213,7 @@ def test_a_worker_dying_mid_epoch_keeps_the_checkpoints(tmp_path):
     except (tf.errors.OpError, training.DataExhausted) as e:  # Or a clear stop; then nothing is lost.
         assert "epoch 2" in str(e) or "worker" in str(e).lower()
     finally:
-        for server in workers + [dispatcher]:
-            server.stop()
+        _stop(workers + [dispatcher])
     assert saved_before_the_kill and set(saved_before_the_kill) <= set(os.listdir(checkpoints))
 
 
