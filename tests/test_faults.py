@@ -27,9 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _worker(model_dir, fault="none", timeout=300):
-    return subprocess.run([sys.executable, "-m", "tests.fault_worker", str(model_dir), fault], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=timeout)
+def _worker(model_dir, fault="none", epochs=4, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tests.fault_worker", str(model_dir), fault, str(epochs)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def checkpoint_values(model_dir):
@@ -50,51 +50,56 @@ def assert_same_checkpoints(a_dir, b_dir):
     assert not different, f"{len(different)} of {len(a)} variables differ, e.g. {different[:3]}"
 
 
-# 4 epochs x 5 steps, stages: epochs 1-2 at 32 px, epochs 3-4 at 48 px (steps 11-20). In the order run,
-# each restart resumes from what the previous kill left.
-BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START, INSIDE_A_STAGE = "step:3", "in_save:2", "step:11", "step:17"
+# Epochs of 5 steps in 2 stages (32 px, then 48 px). In the order run, each restart resumes from what the
+# previous kill left: with 2 epochs, the kill inside a save is in the last one (ckpt-10) and the restart
+# after it resumes from ckpt-5 to be killed at step 6, the first of stage 2; with 4 epochs the stages
+# are epochs 1-2 and 3-4 (steps 11-20).
+BEFORE_ANY_CHECKPOINT, IN_A_SAVE, INSIDE_A_STAGE = "step:3", "in_save:2", "step:17"
+AT_A_STAGE_START = {2: "step:6", 4: "step:11"}
 
 
-def _kill_and_resume(tmp_path, faults):
+def _kill_and_resume(tmp_path, faults, epochs):
     """The straight run, then the same run killed at each of ``faults`` and at a random moment, each
     restart resuming what the previous kill left; its final checkpoint must equal the straight one."""
-    straight = _worker(tmp_path / "straight")
+    done = f"DONE {epochs} {5 * epochs}"
+    straight = _worker(tmp_path / "straight", epochs=epochs)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert "DONE 4 20" in straight.stdout
+    assert done in straight.stdout
 
     faulty = tmp_path / "faulty"
     for fault in faults:
-        run = _worker(faulty, fault)
+        run = _worker(faulty, fault, epochs)
         assert run.returncode == -signal.SIGKILL, (fault, run.stderr[-3000:])
     # A kill at a random moment (start-up, training or saving alike); the seed is printed so that a
     # failure can be rerun at the same moment (FAULT_SEED=<seed>).
     seed = int(os.environ.get("FAULT_SEED", random.SystemRandom().randrange(2**31)))
     delay = random.Random(seed).uniform(2.0, 12.0)
     print(f"random SIGKILL after {delay:.2f} s (FAULT_SEED={seed})")
-    process = subprocess.Popen([sys.executable, "-m", "tests.fault_worker", str(faulty), "none"], cwd=ROOT,
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "tests.fault_worker", str(faulty), "none", str(epochs)],
+                               cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
     process.kill()
     process.wait()
-    final = _worker(faulty)
+    final = _worker(faulty, epochs=epochs)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert "DONE 4 20" in final.stdout
+    assert done in final.stdout
     assert_same_checkpoints(tmp_path / "straight", faulty)
 
 
 def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
     """Killed before any checkpoint, inside a checkpoint write, at the first step of a new stage and at
     a random moment; each kill costs a process (a TensorFlow start), so the sweep below is slow."""
-    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START])
+    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START[2]], epochs=2)
 
 
-# Slow: the test above kills mid-epoch in both stages and resumes from a checkpoint inside stage 1
-# (ckpt-5); this adds a kill at step 17, a resume inside the second stage (ckpt-15) that
+# Slow: the test above (2 epochs) kills mid-epoch in stage 1, inside the last save and at the first step of
+# stage 2, resuming from the end of stage 1 (ckpt-5); this one (4 epochs) resumes from a checkpoint inside
+# stage 1 (ckpt-5) and adds a kill at step 17, a resume inside the second stage (ckpt-15) that
 # tests/test_progressive.py's resumed run landing inside a later stage covers in-process. The
 # whole sweep again, seven processes: about 90 s.
 @pytest.mark.slow
 def test_sigkill_sweep_with_a_kill_inside_a_stage_resumes_to_bit_identical_weights(tmp_path):
-    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START, INSIDE_A_STAGE])
+    _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START[4], INSIDE_A_STAGE], epochs=4)
 
 
 def _tiny_checkpoint(directory):
