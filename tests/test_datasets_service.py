@@ -3,7 +3,6 @@ process of their own; one test stops a worker of an in-process cluster mid-epoch
 a worker in another process (no Python callbacks there), and no Python callback in the graphs the workers
 run."""
 
-import gc
 import json
 import os
 import socket
@@ -53,15 +52,17 @@ while True:
 def cluster(tmp_path_factory):
     """(dispatcher, tasks): ``tasks()`` gives each worker's number of tasks so far."""
     dispatcher = service.start_dispatcher(**DISPATCHER)
-    counts = tmp_path_factory.mktemp("workers") / "tasks.json"
+    folder = tmp_path_factory.mktemp("workers")
+    counts, log = folder / "tasks.json", folder / "workers.log"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen([sys.executable, "-c", WORKERS, dispatcher.target, json.dumps(WORKER), str(counts)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(log, "w") as stderr:  # A file, not a pipe nobody reads: a full pipe would block the workers.
+        process = subprocess.Popen([sys.executable, "-c", WORKERS, dispatcher.target, json.dumps(WORKER),
+                                    str(counts)], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         while dispatcher._num_workers() < 2 or not counts.exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.1)
 
         def tasks():
@@ -73,14 +74,6 @@ def cluster(tmp_path_factory):
         process.kill()
         process.wait()
         dispatcher.stop()
-
-
-def _stop(servers):
-    """Stops the servers without waiting: a worker's stop() waits for the requests in flight of data
-    service clients that are garbage but not yet collected; with a collection first it returns at once."""
-    gc.collect()
-    for server in servers:
-        server.stop()
 
 
 def _free_port():
@@ -213,7 +206,8 @@ def test_a_worker_dying_mid_epoch_keeps_the_checkpoints(tmp_path):
     except (tf.errors.OpError, training.DataExhausted) as e:  # Or a clear stop; then nothing is lost.
         assert "epoch 2" in str(e) or "worker" in str(e).lower()
     finally:
-        _stop(workers + [dispatcher])
+        for server in workers + [dispatcher]:
+            server.stop()
     assert saved_before_the_kill and set(saved_before_the_kill) <= set(os.listdir(checkpoints))
 
 

@@ -32,7 +32,7 @@ def test_sigterm_saves_within_seconds_exits_distinctly_and_loses_no_step(tmp_pat
     run_dir = tmp_path / "preempted"
     process = subprocess.Popen(_main_command(run_dir), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    # Signal a few steps into the first epoch, as the progress bar counts them ("  5/60 ..."): a
+    # Signal a few steps into the first epoch, as the progress bar counts them ("  5/20 ..."): a
     # fixed delay lands after the epoch on a quiet machine and before the first step on a busy one.
     progress, shown, deadline = re.compile(rb"\b([3-9]|1[0-5])/%d\b" % STEPS), b"", time.time() + 240
     while not progress.search(shown) and process.poll() is None and time.time() < deadline:
