@@ -62,7 +62,7 @@ def measure(dataset: tf.data.Dataset, num_batches: int, warmup_batches: int):
     images = 0
     wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(num_batches):
-        images += int(next(iterator)[0].shape[0])
+        images += int(tf.nest.flatten(next(iterator))[0].shape[0])
     return images, time.perf_counter() - wall, _cpu_seconds() - cpu
 
 
@@ -73,7 +73,7 @@ def cropped_batches(src, batch_size: int, image_size: int) -> tf.data.Dataset:
 
 
 def with_layer(dataset: tf.data.Dataset, layer) -> tf.data.Dataset:
-    return dataset.map(lambda images, labels: (layer(images, training=True), labels),
+    return dataset.map(lambda images, labels: (layer(tf.cast(images, tf.float32), training=True), labels),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -149,6 +149,22 @@ def compare(src, args, image_size: int, old_pipeline):
     old, new = per_cpu.values()
     print(f"today / at {args.compare_with}: x{new / old:.2f} images per CPU-second at {image_size} px "
           f"({args.rounds} ABBA rounds of {args.num_batches} batches)", flush=True)
+    train_step_mixing(built["today"], image_size)
+
+
+def train_step_mixing(dataset: tf.data.Dataset, image_size: int, repeats: int = 20):
+    """Prints what the train step's cast and mixing (`datasets.mixing.mixed_images`) cost on this
+    CPU: the part of the augmentation that today's pipeline leaves to the device, paid by the host
+    only when it trains on the CPU."""
+    x, _ = next(iter(dataset))
+    mixed = tf.function(datasets.mixing.mixed_images)
+    mixed(x)
+    cpu = _cpu_seconds()
+    for _ in range(repeats):
+        mixed(x)
+    per_image = (_cpu_seconds() - cpu) / (repeats * int(tf.nest.flatten(x)[0].shape[0]))
+    print(f"the train step's cast + mixup of today's batches, on this CPU: {per_image * 1e3:.2f} ms "
+          f"of CPU per image at {image_size} px (on a GPU/TPU it runs there)", flush=True)
 
 
 def _process_cpu_seconds(pids) -> float:

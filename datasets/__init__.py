@@ -19,8 +19,11 @@ not an image) are skipped, logged and counted (`skipped_images()`), never fatal;
 does not change what the others get.  A corrupt or truncated TFRecord shard is read up to the
 damage, the rest of it skipped with a warning naming it, and counted (`skipped_shards()`).
 
-Images are float32 [0, 255] (normalization belongs to the model); labels float32 one-hot
-(multi-hot for ImageNet-21k), mixed into soft labels by mixup/CutMix.
+Training images are uint8 (a quarter of float32's bytes to batch on the host and to send to the
+device); with mixup/CutMix on, each batch's first element is (images, mix): the mixing is drawn
+here and applied to the labels, and the train step applies it to the images on the device
+(`mixing.mixed_images`).  Eval images are float32 [0, 255].  Normalization belongs to the model.
+Labels are float32 one-hot (multi-hot for ImageNet-21k), soft where mixed.
 
 Modules: catalog (get_source), source (the Source interface), synthetic, folder, tfrecord,
 tfds_source, records (TFRecord formats), ordering (sharding, stateless shuffles), decode (crops),

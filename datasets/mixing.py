@@ -4,6 +4,15 @@ Both pair each example i with example B-1-i of the same batch (the batch reverse
 reference) and draw one mixing weight per example, lam ~ Beta(alpha, alpha).  Labels are mixed
 with the same weights, so one-hot rows stay summing to 1.  alpha = 0 turns an op off.  With both
 alphas > 0, each batch gets one or the other with probability 1/2.
+
+Both are one formula, x + w * region * (x_reversed - x): mixup with w = 1 - lam over the whole
+image, CutMix with w = 1 inside a box.  So a batch's mixing is five numbers per example
+(`plan`: w and the region's rows and columns), drawn where the batch is built, and `apply` mixes
+the images wherever they are.  The input pipeline draws the plan and mixes the labels on the host,
+and hands over the images unmixed (uint8, a quarter of float32's bytes); the trainer's train step
+casts and mixes them on the device, where a 300 px batch of 64 is a few microseconds of work
+instead of ~0.4 ms of host CPU per image (and a 69 MB float buffer per batch).  `mix_batch` does
+both at once, for callers that want mixed images.
 """
 
 import tensorflow as tf
@@ -23,97 +32,100 @@ def _mix_labels(labels: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
     return lam[:, None] * labels + (1.0 - lam[:, None]) * tf.reverse(labels, axis=[0])
 
 
-_PAIRS_PER_CHUNK = 4  # At 300 px, 8 images (9 MB) of temporaries per chunk.
+def _mixup_plan(labels: tf.Tensor, seed: tf.Tensor, alpha: float, height, width):
+    lam = sample_beta(seed, alpha, tf.shape(labels)[:1])
+    zeros = tf.zeros_like(lam)
+    h, w = tf.fill(tf.shape(lam), height), tf.fill(tf.shape(lam), width)
+    return tf.stack([1.0 - lam, zeros, h, zeros, w], axis=1), _mix_labels(labels, lam)
 
 
-def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float,
-          in_place: bool = False):
-    """images [B, H, W, C], labels [B, K] -> lam * x + (1 - lam) * x_reversed, same for labels.
-
-    `in_place=True` may write the result into the buffer of `images` (see `_mix_images_in_place`;
-    the same values): only for a batch that nothing else in the graph reads, as the input
-    pipeline's batches."""
-    lam = sample_beta(seed, alpha, tf.shape(images)[:1])
-    mix = _mix_images_in_place if in_place and images.shape[0] is not None else _mix_images
-    return mix(images, lam), _mix_labels(labels, lam)
-
-
-def _mix_images(images: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
-    """Row i -> x_i + (1 - lam_i) (x_(B-1-i) - x_i): the convex combination up to float rounding.
-    x + (1 - lam) * (x_reversed - x): the reversal is the only new batch-sized buffer, the rest is
-    computed in place (lam * x + ... would allocate a second one)."""
-    weights = lam[:, None, None, None]
-    return images + (1.0 - weights) * (tf.reverse(images, axis=[0]) - images)
-
-
-def _mix_images_in_place(images: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
-    """`_mix_images`, the same values, with no new batch-sized buffer when nothing else holds
-    `images`' buffer (static batch size).
-
-    Pairs (i, B-1-i) are mixed a few at a time and written back with InplaceUpdate into the buffer
-    that Snapshot takes over from `images` (or copies, when it is shared at run time).  At 300 px a
-    batch of 64 is 69 MB, which the malloc behind TensorFlow's CPU allocator maps afresh each
-    time: its page faults cost more CPU than the arithmetic.  InplaceUpdate writes into its input
-    without checking who else holds it, so each chunk reads the previous chunk's output (rows not
-    yet written), which has no other reader; and a graph that reads `images` elsewhere must not
-    use this (grappler may turn that read, e.g. images + 0, into a Snapshot that shares the
-    buffer: test_mixup_leaves_a_batch_that_is_still_held_unchanged)."""
-    batch = images.shape[0]
-    weights = (1.0 - lam)[:, None, None, None]
-    mixed = tf.raw_ops.Snapshot(input=images)
-    # A middle row (odd B) pairs with itself and stays x exactly.
-    for start in range(0, batch // 2, _PAIRS_PER_CHUNK):
-        end = min(start + _PAIRS_PER_CHUNK, batch // 2)
-        top = mixed[start:end]
-        bottom = tf.reverse(mixed[batch - end:batch - start], axis=[0])  # rows B-1-start, ...
-        bottom_weights = tf.reverse(weights[batch - end:batch - start], axis=[0])
-        rows = list(range(start, end)) + [batch - 1 - i for i in range(start, end)]
-        mixed = tf.raw_ops.InplaceUpdate(
-            x=mixed, i=rows, v=tf.concat([top + weights[start:end] * (bottom - top),
-                                          bottom + bottom_weights * (top - bottom)], axis=0))
-    return mixed
-
-
-def cutmix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float):
-    """Paste a box of about (1 - lam) of the area from the reversed batch; labels mixed by the
-    area actually kept (the box is clipped at the border)."""
+def _cutmix_plan(labels: tf.Tensor, seed: tf.Tensor, alpha: float, height, width):
+    """A box of about (1 - lam) of the area; labels mixed by the area actually pasted (the box is
+    clipped at the border)."""
     beta_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    batch = tf.shape(images)[0]
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    lam = sample_beta(beta_seed, alpha, [batch])
+    batch = tf.shape(labels)[:1]
+    lam = sample_beta(beta_seed, alpha, batch)
     side = tf.sqrt(1.0 - lam)
-    center_y = tf.random.stateless_uniform([batch], y_seed) * h
-    center_x = tf.random.stateless_uniform([batch], x_seed) * w
-    y0 = tf.clip_by_value(tf.round(center_y - side * h / 2), 0.0, h)
-    y1 = tf.clip_by_value(tf.round(center_y + side * h / 2), 0.0, h)
-    x0 = tf.clip_by_value(tf.round(center_x - side * w / 2), 0.0, w)
-    x1 = tf.clip_by_value(tf.round(center_x + side * w / 2), 0.0, w)
-    rows = tf.range(h)[None, :]
-    cols = tf.range(w)[None, :]
-    in_rows = tf.cast((rows >= y0[:, None]) & (rows < y1[:, None]), images.dtype)
-    in_cols = tf.cast((cols >= x0[:, None]) & (cols < x1[:, None]), images.dtype)
-    box = in_rows[:, :, None, None] * in_cols[:, None, :, None]  # [B, H, W, 1]
-    images = (1.0 - box) * images + box * tf.reverse(images, axis=[0])
-    kept = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-    return images, _mix_labels(labels, kept)
+    center_y = tf.random.stateless_uniform(batch, y_seed) * height
+    center_x = tf.random.stateless_uniform(batch, x_seed) * width
+    y0 = tf.clip_by_value(tf.round(center_y - side * height / 2), 0.0, height)
+    y1 = tf.clip_by_value(tf.round(center_y + side * height / 2), 0.0, height)
+    x0 = tf.clip_by_value(tf.round(center_x - side * width / 2), 0.0, width)
+    x1 = tf.clip_by_value(tf.round(center_x + side * width / 2), 0.0, width)
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    return tf.stack([tf.ones_like(lam), y0, y1, x0, x1], axis=1), _mix_labels(labels, kept)
 
 
-def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor,
-              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, in_place: bool = False):
-    """Mixup, CutMix, or (both alphas > 0) one of them chosen per batch; no-op when both are 0.
-    `in_place`: see `mixup`."""
+def plan(labels: tf.Tensor, seed: tf.Tensor, image_shape, mixup_alpha: float = 0.0,
+         cutmix_alpha: float = 0.0):
+    """A batch's mixing, without its images: (mix float32 [B, 5], mixed labels [B, K]).
+
+    Row i of `mix` is (w, top, bottom, left, right): rows [top, bottom) and columns [left, right)
+    of image i take w of image B-1-i (`apply`).  `image_shape`: the images' (height, width).
+    Mixup, CutMix, or (both alphas > 0) one of them chosen per batch; None when both are 0."""
     for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
         if alpha < 0:
             raise ValueError(f"{name}={alpha!r} must be >= 0 (0 turns it off)")
+    if not (mixup_alpha > 0 or cutmix_alpha > 0):
+        return None, labels
+    height, width = tf.cast(image_shape[0], tf.float32), tf.cast(image_shape[1], tf.float32)
     choice_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    mixup = lambda: _mixup_plan(labels, mix_seed, mixup_alpha, height, width)  # noqa: E731
+    cutmix = lambda: _cutmix_plan(labels, mix_seed, cutmix_alpha, height, width)  # noqa: E731
     if mixup_alpha > 0 and cutmix_alpha > 0:
-        use_mixup = tf.random.stateless_uniform([], choice_seed) < 0.5
-        return tf.cond(use_mixup,
-                       lambda: mixup(images, labels, mix_seed, mixup_alpha, in_place),
-                       lambda: cutmix(images, labels, mix_seed, cutmix_alpha))
-    if mixup_alpha > 0:
-        return mixup(images, labels, mix_seed, mixup_alpha, in_place)
-    if cutmix_alpha > 0:
-        return cutmix(images, labels, mix_seed, cutmix_alpha)
-    return images, labels
+        return tf.cond(tf.random.stateless_uniform([], choice_seed) < 0.5, mixup, cutmix)
+    return mixup() if mixup_alpha > 0 else cutmix()
+
+
+def apply(images: tf.Tensor, mix: tf.Tensor) -> tf.Tensor:
+    """images float [B, H, W, C] mixed by `plan`'s `mix` [B, 5]: x + w * region * (x_reversed - x).
+
+    Mixup's weight is exactly w (the region's factor is 1.0), so its images are the convex
+    combination up to float rounding; CutMix's region pixels are exactly the partner's for images
+    of whole numbers (x + (y - x) = y in float32), as the pipeline's uint8 images are."""
+    shape = tf.shape(images)
+    w, top, bottom, left, right = tf.unstack(tf.cast(mix, images.dtype), axis=1)
+    rows = tf.cast(tf.range(shape[1]), images.dtype)[None, :]
+    cols = tf.cast(tf.range(shape[2]), images.dtype)[None, :]
+    in_rows = tf.cast((rows >= top[:, None]) & (rows < bottom[:, None]), images.dtype)
+    in_cols = tf.cast((cols >= left[:, None]) & (cols < right[:, None]), images.dtype)
+    weights = w[:, None, None, None] * in_rows[:, :, None, None] * in_cols[:, None, :, None]
+    return images + weights * (tf.reverse(images, axis=[0]) - images)
+
+
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor,
+              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+    """`plan` and `apply` at once: (mixed float images, mixed labels); no-op when both alphas
+    are 0."""
+    images = tf.convert_to_tensor(images)
+    mix, labels = plan(labels, seed, tf.shape(images)[1:3], mixup_alpha, cutmix_alpha)
+    if mix is None:
+        return images, labels
+    return apply(tf.cast(images, tf.float32), mix), labels
+
+
+def _planned(plan_fn, images, labels, seed, alpha):
+    images = tf.cast(images, tf.float32)
+    shape = tf.cast(tf.shape(images), tf.float32)
+    mix, labels = plan_fn(labels, seed, alpha, shape[1], shape[2])
+    return apply(images, mix), labels
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float):
+    """images [B, H, W, C], labels [B, K] -> lam * x + (1 - lam) * x_reversed, same for labels
+    (lam ~ Beta(alpha, alpha) drawn from `seed` itself)."""
+    return _planned(_mixup_plan, images, labels, seed, alpha)
+
+
+def cutmix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float):
+    """Paste a box of about (1 - lam) of the area from the reversed batch."""
+    return _planned(_cutmix_plan, images, labels, seed, alpha)
+
+
+def mixed_images(x) -> tf.Tensor:
+    """A training batch's first element (`datasets.build_train_dataset`: images, or (images, mix)
+    with mixing on) -> float32 images, mixed: what the model trains on."""
+    if isinstance(x, (tuple, list)):
+        images, mix = x
+        return apply(tf.cast(images, tf.float32), mix)
+    return tf.cast(x, tf.float32)

@@ -35,8 +35,10 @@ def targets(label: tf.Tensor, num_classes: int, multi_label: bool = False) -> tf
 def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: int,
                   multi_label: bool = False, randaug_magnitude=0.0, randaug_num_layers: int = 2,
                   randaug_pixel_scale: float = 1.0):
-    """One example -> (float32 [S, S, 3] in [0, 255], float32 [num_classes]) for training:
-    random-resized crop (crop-only decode for JPEG), resize, flip, RandAugment."""
+    """One example -> (uint8 [S, S, 3], float32 [num_classes]) for training: random-resized crop
+    (crop-only decode for JPEG), resize, flip, RandAugment, rounded to whole levels (as the
+    reference's RandAugment, which works in uint8; a quarter of float32's bytes to batch and to
+    send to the device)."""
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image = decode.random_resized_crop(example["image"], crop_seed, image_size)
     image = decode.random_flip(image, flip_seed)
@@ -44,7 +46,8 @@ def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: 
     if randaug_num_layers > 0 and not skip_randaugment:
         image = randaugment.randaugment(image, augment_seed, randaug_magnitude, randaug_num_layers,
                                         randaug_pixel_scale)
-    return image, targets(example["label"], num_classes, multi_label)
+    # Resize and RandAugment keep values in [0, 255]: no clip needed.
+    return tf.cast(tf.round(image), tf.uint8), targets(example["label"], num_classes, multi_label)
 
 
 def eval_example(example: dict, image_size: int, num_classes: int, multi_label: bool = False):
@@ -65,7 +68,12 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
                         input_context: Optional[tf.distribute.InputContext] = None,
                         key_examples_by: str = "position", start: Tuple[int, int] = (0, 0),
                         with_position: bool = False, randaug_pixel_scale: float = 1.0) -> tf.data.Dataset:
-    """One epoch of (images float32 [B, S, S, 3] in [0, 255], labels float32 [B, num_classes]).
+    """One epoch of (images uint8 [B, S, S, 3], labels float32 [B, num_classes]).
+
+    With mixup or CutMix on, the first element is (images, mix float32 [B, 5]): the batch's mixing,
+    drawn here and already applied to the labels, but not to the images, which the train step
+    mixes on the device (`datasets.mixing.apply(tf.cast(images, tf.float32), mix)`; see
+    `datasets.mixing`).
 
     `batch_size` is per replica; the last partial batch is dropped (static shapes).  The epoch is a
     pure function of (seed, epoch, input pipeline): building it again replays it exactly.
@@ -118,9 +126,9 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
         if mix:
             batch_seed = tf.random.experimental.stateless_fold_in(
                 batch_key, keys[0] if key_examples_by == "id" else index)
-            # In place: nothing else reads the batch.
-            images, labels = mixing.mix_batch(images, labels, batch_seed, mixup_alpha, cutmix_alpha,
-                                              in_place=True)
+            plan, labels = mixing.plan(labels, batch_seed, (image_size, image_size), mixup_alpha,
+                                       cutmix_alpha)
+            images = (images, plan)
         if not with_position:
             return images, labels
         return images, labels, tf.stack([index + 1, positions[-1] + 1])

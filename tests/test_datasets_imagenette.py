@@ -34,9 +34,9 @@ def test_grayscale_jpegs_come_out_rgb(imagenette):
 
 def test_train_and_eval_batches(imagenette):
     before = datasets.skipped_images()
-    images, labels = first_batches(datasets.build_train_dataset(
+    (images, mix), labels = first_batches(datasets.build_train_dataset(
         imagenette, batch_size=8, image_size=64, randaug_magnitude=15, mixup_alpha=0.2), 1)[0]
-    assert images.shape == (8, 64, 64, 3) and labels.shape == (8, 10)
+    assert images.shape == (8, 64, 64, 3) and mix.shape == (8, 5) and labels.shape == (8, 10)
     assert images.std() > 20  # Photographs, not blank frames.
     images, labels = first_batches(datasets.build_eval_dataset(imagenette, 8, 64), 1)[0]
     assert labels.argmax(axis=1).tolist() == [0] * 8  # Eval is in folder order.

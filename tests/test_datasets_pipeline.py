@@ -46,12 +46,11 @@ def test_example_functions_alone_and_in_map():
 def test_train_batches_have_static_shapes_and_one_hot_labels(folder_source):
     dataset = _train(folder_source, randaug_magnitude=5.0)
     images_spec, labels_spec = dataset.element_spec
-    assert images_spec.shape == (4, 24, 24, 3) and images_spec.dtype == tf.float32
+    assert images_spec.shape == (4, 24, 24, 3) and images_spec.dtype == tf.uint8
     assert labels_spec.shape == (4, 3) and labels_spec.dtype == tf.float32
     batches = first_batches(dataset, 10)
     assert len(batches) == 16 // 4  # One epoch, the partial batch dropped.
     for images, labels in batches:
-        assert images.min() >= 0 and images.max() <= 255
         np.testing.assert_array_equal(labels.sum(axis=1), 1.0)
         assert set(np.unique(labels)) <= {0.0, 1.0}
 
@@ -65,8 +64,32 @@ def test_same_seed_and_epoch_replays_the_epoch_exactly(folder_source, augmented_
     tf.random.set_seed(1234)  # TensorFlow's global seed must play no part.
     again = first_batches(_train(folder_source, seed=3, epoch=2, **AUGMENT), 10)
     for (x1, y1), (x2, y2) in zip(augmented_epoch, again, strict=True):
-        np.testing.assert_array_equal(x1, x2)
+        tf.nest.map_structure(np.testing.assert_array_equal, x1, x2)
         np.testing.assert_array_equal(y1, y2)
+
+
+def test_mixing_hands_the_images_over_unmixed_with_the_plan_that_mixed_the_labels(folder_source,
+                                                                                 augmented_epoch):
+    """With mixup/CutMix on, a batch is ((uint8 images, mix [B, 5]), mixed labels): the images are
+    those of the same epoch without mixing, and `mixing.mixed_images` mixes them as the labels were
+    (a pixel-exact CutMix box: each image's pasted region is its partner's, by the same area)."""
+    plain = first_batches(_train(folder_source, seed=3, epoch=2, randaug_magnitude=10.0), 10)
+    cutmix_batches = 0
+    for ((images, mix), labels), (plain_images, plain_labels) in zip(augmented_epoch, plain, strict=True):
+        assert images.dtype == np.uint8 and mix.shape == (4, 5)
+        np.testing.assert_array_equal(images, plain_images)
+        mixed = datasets.mixing.mixed_images((images, mix)).numpy()
+        partner = plain_images[::-1].astype(np.float32)
+        for i, (w, top, bottom, left, right) in enumerate(mix):
+            region = np.zeros(images.shape[1:3], bool)
+            region[int(top):int(bottom), int(left):int(right)] = True
+            expected = np.where(region[..., None], images[i] + w * (partner[i] - images[i]), images[i])
+            np.testing.assert_allclose(mixed[i], expected, atol=1e-3)
+            partner_share = w * region.mean()
+            np.testing.assert_allclose(labels[i], (1 - partner_share) * plain_labels[i]
+                                       + partner_share * plain_labels[::-1][i], atol=1e-5)
+        cutmix_batches += bool(np.all(mix[:, 0] == 1.0))
+    assert 0 < cutmix_batches < len(plain)  # Both alphas on: some batches of each.
 
 
 def test_other_epochs_and_seeds_differ(folder_source):

@@ -96,8 +96,9 @@ class ShapeRecorder(keras.callbacks.Callback):
         original = self.model.train_step
 
         def step(data):
+            images = data[0][0] if isinstance(data[0], tuple) else data[0]  # (images, mix) with mixup.
             tf.py_function(lambda i, l: self.batches.append(
-                (self.epoch, tuple(i.numpy()), tuple(l.numpy()))), [tf.shape(data[0]), tf.shape(data[1])], [])
+                (self.epoch, tuple(i.numpy()), tuple(l.numpy()))), [tf.shape(images), tf.shape(data[1])], [])
             return original(data)
 
         self.model.train_step = step

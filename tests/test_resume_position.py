@@ -36,7 +36,8 @@ def faulty_source(tmp_path_factory):
 
 
 def _arrays(dataset):
-    return [[t.numpy() for t in batch] for batch in dataset]
+    """Each batch flattened: images, mix (mixup is on), labels[, position]."""
+    return [[t.numpy() for t in tf.nest.flatten(batch)] for batch in dataset]
 
 
 @pytest.mark.parametrize("pipeline_id", [None, 1])
@@ -46,7 +47,7 @@ def test_a_resumed_epoch_has_the_uninterrupted_epochs_batches_bit_for_bit(faulty
     full = _arrays(datasets.build_train_dataset(faulty_source, with_position=True, **kwargs))
     total = 15 if context is None else 7  # Records of this pipeline, undecodable ones included.
     assert len(full) >= 2
-    used = [tuple(batch[2]) for batch in full]
+    used = [tuple(batch[-1]) for batch in full]
     assert [u[0] for u in used] == list(range(1, len(full) + 1))
     # Resumes before and after the first undecodable image (a batch whose records outnumber its examples).
     after = next(k for k, (batches, records) in enumerate(used) if records > 2 * batches)
@@ -59,7 +60,7 @@ def test_a_resumed_epoch_has_the_uninterrupted_epochs_batches_bit_for_bit(faulty
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
     plain = _arrays(datasets.build_train_dataset(faulty_source, start=used[0], **kwargs))
-    assert len(plain[0]) == 2  # Without with_position: (images, labels).
+    assert len(plain[0]) == 3  # Without with_position: ((images, mix), labels).
     np.testing.assert_array_equal(plain[0][0], full[1][0])
 
 
@@ -86,7 +87,7 @@ def test_a_resume_decodes_only_the_records_after_its_start(monkeypatch, faulty_s
     calls = _counting_train_example(monkeypatch)
     full = _arrays(datasets.build_train_dataset(faulty_source, with_position=True, **KWARGS))
     assert int(calls.numpy()) == 15
-    for batches, records in [tuple(full[1][2]), tuple(full[4][2])]:
+    for batches, records in [tuple(full[1][-1]), tuple(full[4][-1])]:
         calls.assign(0)
         _arrays(datasets.build_train_dataset(faulty_source, start=(batches, records), **KWARGS))
         assert int(calls.numpy()) == 15 - records  # The old skip of built batches decoded all 15.

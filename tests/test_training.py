@@ -297,3 +297,32 @@ def test_resumed_train_and_eval_keeps_a_better_best_checkpoint(tmp_path, caplog)
     assert "Best checkpoint so far: top-1 1.5000 at step 3" in caplog.text
     assert sorted(p.name for p in best.glob("*.index")) == ["ckpt-3.index"]
     assert json.loads((best / "best.json").read_text()) == {"top1": 1.5, "step": 3}
+
+
+def test_the_train_step_casts_and_mixes_the_batches_the_pipeline_hands_over():
+    """The input pipeline hands over uint8 images, and with mixup/CutMix the batch's mixing plan
+    (labels already mixed); the model must train on the float images mixed by that plan."""
+    import keras
+    import tensorflow as tf
+
+    from datasets import mixing
+
+    seen = []
+
+    class Recording(keras.Model):
+        def train_step(self, data):
+            seen.append(data)
+            return {}
+
+    model = Recording()
+    training._mix_in_the_train_step(model)
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, [4, 6, 5, 3]), tf.uint8)
+    labels = tf.one_hot([0, 1, 2, 3], 4)
+    mix, mixed_labels = mixing.plan(labels, tf.constant([1, 2], tf.int64), (6, 5), cutmix_alpha=1.0)
+    model.train_step(((images, mix), mixed_labels))
+    model.train_step((images, labels))
+    (mixed, y), (plain, y2) = seen
+    assert mixed.dtype == plain.dtype == tf.float32 and y is mixed_labels and y2 is labels
+    np.testing.assert_array_equal(mixed, mixing.apply(tf.cast(images, tf.float32), mix))
+    assert not np.array_equal(mixed, plain)  # CutMix pasted something in.
+    np.testing.assert_array_equal(plain, images.numpy().astype(np.float32))

@@ -58,7 +58,7 @@ class DataPosition:
         def record(index, batch):
             images, labels, position = batch
             with tf.control_dependencies([table.scatter_nd_update([[index]], [position])]):
-                return tf.identity(images), labels
+                return tf.nest.map_structure(tf.identity, images), labels
 
         return dataset.enumerate().map(record)
 

@@ -224,11 +224,26 @@ def _compile(config, plan, model):
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:  # Only replicas can be handed an empty batch.
         keras_compat.skip_empty_batches_in_evaluation(model)
-    keras_compat.fix_multi_worker_fit(model, strategy, data_batch=(
-        keras.KerasTensor((1, 32, 32, 3), "float32"),
-        keras.KerasTensor((1, plan.num_classes), "float32"),
-    ))
+    _mix_in_the_train_step(model)
+    data_batch = (keras.KerasTensor((1, 32, 32, 3), "float32"),
+                  keras.KerasTensor((1, plan.num_classes), "float32"))
+    if not keras_compat.fix_multi_worker_fit(model, strategy, data_batch):
+        # Keras would build them from the first training batch, whose images can be (images, mix).
+        keras_compat.build_compiled_from_symbolic_batch(model, data_batch)
     return optimizer
+
+
+def _mix_in_the_train_step(model):
+    """The train step takes the input pipeline's batches as they come (uint8 images; with mixup or
+    CutMix on, (images, mix) and the labels already mixed; ``datasets.mixing``) and casts and mixes
+    the images on the device before the model sees them."""
+    train_step = model.train_step
+
+    def mixing_train_step(data):
+        x, *rest = data
+        return train_step((datasets.mixing.mixed_images(x), *rest))
+
+    model.train_step = mixing_train_step
 
 
 @contextlib.contextmanager
@@ -606,8 +621,8 @@ def _augmented_images(config, source, params, epoch, count):
         randaug_pixel_scale=config.data.randaug_pixel_scale, mixup_alpha=params.mixup_alpha,
         cutmix_alpha=config.data.cutmix_alpha, seed=config.train.seed, epoch=epoch,
     )
-    for images, _ in dataset.take(1):
-        return tf.clip_by_value(images / 255.0, 0.0, 1.0)
+    for x, _ in dataset.take(1):
+        return tf.clip_by_value(datasets.mixing.mixed_images(x) / 255.0, 0.0, 1.0)
     return None  # Fewer than ``count`` training examples.
 
 
