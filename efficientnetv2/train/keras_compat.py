@@ -52,6 +52,10 @@ def build_compiled_from_symbolic_batch(model, data_batch):
     """Builds the model's compiled loss and metrics from a symbolic batch, and turns off the build
     that ``fit``/``evaluate`` would do from the first distributed batch.
 
+    The trainer also calls it under every other strategy, not as a workaround: its training batches'
+    first element can be (uint8 images, mixing plan), which the train step turns into the model's
+    input (``training._mix_in_the_train_step``) but Keras' build would pass to the model as it is.
+
     Found with Keras 3.15.1: under MultiWorkerMirroredStrategy with 2 workers, ``fit`` first builds
     the compiled loss and metrics from the first batch, averaged over the replicas with
     ``strategy.reduce("MEAN", batch, axis=None)`` (``_maybe_symbolic_build`` in Keras' TensorFlow
