@@ -48,19 +48,24 @@ def test_describe_says_it_is_synthetic():
 
 @pytest.mark.slow
 def test_a_small_convnet_learns_it():
+    """Batch normalization makes the learning steady: without it the net sat at chance for 3 to 6
+    epochs before learning, depending on sub-level rounding of the inputs (the same data rounded to
+    uint8 ended at 0.38 instead of 0.90 after 8 epochs); with it both ended at 0.88-0.89 after 8,
+    and the uint8 one at 0.96 after 10."""
     import keras
 
     keras.utils.set_random_seed(0)
     src = datasets.get_source(synthetic_train_examples=4000, synthetic_eval_examples=500)
     layers = [keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0)]
     for filters in (16, 32, 64):
-        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-                   keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-                   keras.layers.MaxPooling2D()]
+        for _ in range(2):
+            layers += [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
+                       keras.layers.BatchNormalization(), keras.layers.ReLU()]
+        layers.append(keras.layers.MaxPooling2D())
     model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    for epoch in range(8):
+    for epoch in range(10):
         model.fit(datasets.build_train_dataset(src, 64, 32, randaug_magnitude=5, epoch=epoch), verbose=0)
     _, accuracy = model.evaluate(datasets.build_eval_dataset(src, 100, 32), verbose=0)
     assert accuracy > 0.85
