@@ -220,8 +220,7 @@ def main():
             measured = images / logs["images_per_sec"]
             # One uninterrupted run traces its train step once per stage (progressive.py); this
             # benchmark's one call per epoch traces it every epoch, which is not counted again.
-            stage_start = epoch == 0 or (schedules.stage_of_epoch(epoch, args.epochs, len(plan.stages))
-                                         != schedules.stage_of_epoch(epoch - 1, args.epochs, len(plan.stages)))
+            stage_start = schedules.starts_stage(epoch, args.epochs, len(plan.stages))
             trace = 0.0 if stage_start else step_times.first_step_excess()
             stats[mode]["wall_s"] += wall
             stats[mode]["measured_s"] += measured

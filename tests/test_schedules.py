@@ -64,6 +64,8 @@ def test_bad_stage(stage, stages):
 def test_stage_epochs_remainder_goes_to_last_stages(epochs, stages, expected):
     assert stage_epochs(epochs, stages) == expected
     assert schedules.stage_of_epoch(expected[-1][0], epochs, stages) == stages - 1
+    starts = [e for e in range(epochs) if schedules.starts_stage(e, epochs, stages)]
+    assert starts == [start for start, _ in expected]
 
 
 def test_stage_epochs_refuses_more_stages_than_epochs():

@@ -69,7 +69,7 @@ class ProgressiveLearning(keras.callbacks.Callback):
 
     def starts_stage(self, epoch):
         """Whether ``epoch`` is the first of its stage."""
-        return epoch == self.bounds[self.stage_for_epoch(epoch).stage][0]
+        return schedules.starts_stage(epoch, self.total_epochs, len(self.stages))
 
     def ema_decay_for(self, params):
         """The EMA decay per step of a stage: the same images averaged over at every batch size."""

@@ -30,6 +30,7 @@ __all__ = [
     "stage_params",
     "stage_epochs",
     "stage_of_epoch",
+    "starts_stage",
     "stage_batch_size",
     "learning_rate_scale",
     "LR_BATCH_RULES",
@@ -172,6 +173,12 @@ def stage_of_epoch(epoch, total_epochs, num_stages):
         if start <= epoch < end:
             return stage
     raise ValueError(f"epoch {epoch} is outside [0, {total_epochs})")
+
+
+def starts_stage(epoch, total_epochs, num_stages):
+    """Whether ``epoch`` (0-based) is the first epoch of its stage."""
+    stage = stage_of_epoch(epoch, total_epochs, num_stages)
+    return epoch == stage_epochs(total_epochs, num_stages)[stage][0]
 
 
 def step_segments(bounds, steps_per_epoch, scales):
