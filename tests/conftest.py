@@ -5,6 +5,17 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def pytest_configure(config):
+    # The slow set keeps TensorFlow's graph optimizations on; the quick one runs without them (in the
+    # processes that run tests: not in xdist's controller, which would import TensorFlow for nothing).
+    controller = not hasattr(config, "workerinput") and (config.getoption("numprocesses", None) or 0) > 0
+    if not controller and "slow" not in (config.getoption("markexpr") or "").replace("not slow", ""):
+        from tests.training_helpers import without_graph_optimizations
+
+        without_graph_optimizations()
+
+
 # The longest test files, longest first. With `--dist loadfile` a file runs whole on one worker, and
 # the workers take files in collection order (pytest.ini turns off xdist's reordering by test count,
 # which put these few-test files last): started first, they overlap the many short files instead of

@@ -20,7 +20,9 @@ import keras  # noqa: E402
 from tensorflow.python.checkpoint import checkpoint_management  # noqa: E402
 
 from efficientnetv2.train import training  # noqa: E402
-from tests.training_helpers import tiny_config  # noqa: E402
+from tests.training_helpers import tiny_config, without_graph_optimizations  # noqa: E402
+
+without_graph_optimizations()  # as in the test processes: the straight and the killed runs alike
 
 # Stage images on (tiny_config's are off): a kill may land while they are written, as in a real run.
 CONFIG = dict(**{"train.epochs": 4, "train.steps_per_epoch": 5, "train.deterministic": True,

@@ -17,8 +17,10 @@ TINY = dict(blocks="r1_k3_s1_e1_i8_o8_c1,r1_k3_s2_e2_i8_o16_c1,r1_k3_s2_e2_i16_o
 
 @pytest.mark.parametrize("variant", sorted(REFERENCE_PARAMS))
 def test_parameter_count_matches_reference(variant):
-    # Building a functional model only traces shapes symbolically: no forward pass on data.
-    model = build_model(variant, input_shape=(None, None, 3))
+    # Building a functional model only traces shapes symbolically: no forward pass on data. In a
+    # StatelessScope Keras creates the variables without running their initializers (XL 9.3 -> 5.8 s).
+    with keras.StatelessScope():
+        model = build_model(variant, input_shape=(None, None, 3))
     assert model.count_params() == REFERENCE_PARAMS[variant]
 
 

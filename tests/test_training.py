@@ -38,10 +38,16 @@ def test_train_eval_resume_gives_the_same_weights(tmp_path):
     assert training.evaluate(config, str(tmp_path / "straight"))["top1"] == results["top1"]
 
 
-def test_run_folder_contents(tmp_path):
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """One 2-epoch run evaluated after each epoch, keeping 1 checkpoint: (config, model_dir, result)."""
     config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 1, "train.keep_checkpoints": 1})
-    model_dir = tmp_path / "run"
-    result = training.train(config, str(model_dir), verbose=0, evaluate_each_epoch=True)
+    model_dir = tmp_path_factory.mktemp("evaluated") / "run"
+    return config, model_dir, training.train(config, str(model_dir), verbose=0, evaluate_each_epoch=True)
+
+
+def test_run_folder_contents(evaluated_run):
+    config, model_dir, result = evaluated_run
     saved = yaml.safe_load((model_dir / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["model"]["blocks"] == config.model.blocks
     checkpoints = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
@@ -80,10 +86,9 @@ def _scalars(folder):
     return scalars
 
 
-def test_train_and_eval_writes_validation_scalars_beside_the_training_ones(tmp_path):
-    config = tiny_config(**{"train.epochs": 2, "progressive.num_stages": 1})
-    result = training.train(config, str(tmp_path), verbose=0, evaluate_each_epoch=True)
-    train, validation = _scalars(tmp_path / "logs" / "train"), _scalars(tmp_path / "logs" / "validation")
+def test_train_and_eval_writes_validation_scalars_beside_the_training_ones(evaluated_run):
+    _, model_dir, result = evaluated_run
+    train, validation = _scalars(model_dir / "logs" / "train"), _scalars(model_dir / "logs" / "validation")
     # The same tag at the same epoch steps as Keras' training scalars: one chart with both curves.
     assert set(train["epoch_top1"]) == set(validation["epoch_top1"]) == {0, 1}
     assert set(validation["epoch_loss"]) == {0, 1}
