@@ -119,3 +119,25 @@ def test_evaluation_skips_an_empty_batch_and_keeps_the_metrics():
     full = step(iter([(x, y)]))
     empty = step(iter([(x[:0], y[:0])]))
     assert {k: float(v) for k, v in empty.items()} == pytest.approx({k: float(v) for k, v in full.items()})
+
+
+def test_keras_tensorboard_still_opens_new_event_files_at_every_fit(tmp_path):
+    """The canary of ``RunTensorBoard``: plain Keras, two ``fit`` calls, two events files (and two
+    copies of the model summary); the workaround writes both epochs into one file."""
+    x, y = _data()
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    model, board = _dense_model("sgd"), keras.callbacks.TensorBoard(str(plain))
+    for epoch in range(2):
+        model.fit(x, y, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[board])
+    assert len(list((plain / "train").glob("events.out.tfevents*"))) == 2
+    board = keras_compat.RunTensorBoard(str(kept))
+    for epoch in range(2):
+        model.fit(x, y, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[board])
+    board.close()
+    files = list((kept / "train").glob("events.out.tfevents*"))
+    assert len(files) == 1
+    steps = set()
+    for record in tf.data.TFRecordDataset(str(files[0])):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        steps.update(event.step for value in event.summary.value if value.tag == "epoch_loss")
+    assert steps == {0, 1}

@@ -11,6 +11,8 @@ and the workaround can then go.
   into the project's optimizers.
 - ``EpochProgbar``: the progress bar's header when ``fit`` trains one epoch of a longer run, and its
   count past the end with ``steps_per_execution`` > 1.
+- ``RunTensorBoard``: Keras' TensorBoard callback opens new event files at every ``fit`` call; this
+  one keeps one set per run. Used by the trainer.
 - ``skip_empty_batches_in_evaluation``: a replica given an empty batch (the uneven end of an
   evaluation under a strategy with several replicas) fails inside the model; applied to the models
   the trainer compiles under such a strategy (one device never gets an empty batch).
@@ -21,7 +23,7 @@ import sys
 import keras
 
 __all__ = ["multi_worker", "fix_multi_worker_fit", "build_compiled_from_symbolic_batch",
-           "give_logs_a_batch_axis", "KeepTrainingWeightsAtEndOfFit", "EpochProgbar",
+           "give_logs_a_batch_axis", "KeepTrainingWeightsAtEndOfFit", "EpochProgbar", "RunTensorBoard",
            "skip_empty_batches_in_evaluation"]
 
 
@@ -146,6 +148,33 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
         if self.target is not None:
             batch = min(batch, self.target - 1)
         super().on_train_batch_end(batch, logs)
+
+
+class RunTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback with one events file per run instead of one per ``fit`` call.
+
+    Found with Keras 3.15.1: ``set_model``, called at the start of every ``fit``, drops the callback's
+    summary writers and writes the model's summary (its config, 40 KB for S) again, and
+    ``on_train_end`` closes the writers. The trainer calls ``fit`` once per epoch, so ``logs/train``
+    got a new events file every epoch (350 for an ImageNet run), each with its own copy of the
+    summary. Not a Keras bug (``fit`` is meant to be called once per run). Here the writers and the
+    summary outlive the calls: ``fit`` ends with a flush, and ``close()`` closes the files at the end
+    of the run. Upstream: no issue found as of 2026-12-03.
+    """
+
+    def set_model(self, model):
+        if model is not self._model:  # The first fit of the run: Keras' own set-up.
+            super().set_model(model)
+
+    def _close_writers(self):  # At the end of each fit.
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self):
+        """Closes the events files; the run's last call."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 def skip_empty_batches_in_evaluation(model):

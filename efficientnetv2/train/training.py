@@ -474,43 +474,47 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                                              ema_decay=config.train.ema_decay)
     stage_images = (progressive.StageImages(os.path.join(model_dir, "logs", "stage_images"))
                     if chief and config.train.log_stage_images else None)
-    tensorboard = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
+    tensorboard = [keras_compat.RunTensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
     best = _BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if evaluate_each_epoch else None
     validation = _ValidationScalars(os.path.join(model_dir, "logs", "validation")) if best and chief else None
     end = config.train.epochs if max_epochs is None else min(config.train.epochs, epoch + max_epochs)
-    logs = {}
-    while epoch < end:
-        params = stages.stage_for_epoch(epoch)
-        steps = plan.stage_steps(params)
-        if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
-            stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
-                               params, int(optimizer.iterations.numpy()))
-        monitor = _RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch)
-        header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
-                  f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
-        logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
-                          steps - step_in_epoch, monitor,
-                          [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
-                          verbose if chief else 0)
-        _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
-        _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position)
-        _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
-        epoch, step_in_epoch = epoch + 1, 0
-        path = checkpoint.save(epoch, 0)
-        if best is not None:
-            results = best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval)
-            logs.update(results)
-            if validation is not None:
-                validation.write(epoch - 1, results)
-        logging.info(
-            "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
-            epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
-            ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
-        )
-        if monitor.preempt_requested.is_set():
-            raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
-                            "command to resume.")
-    return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": logs}
+    try:
+        logs = {}
+        while epoch < end:
+            params = stages.stage_for_epoch(epoch)
+            steps = plan.stage_steps(params)
+            if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
+                stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
+                                   params, int(optimizer.iterations.numpy()))
+            monitor = _RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch)
+            header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
+                      f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
+            logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
+                              steps - step_in_epoch, monitor,
+                              [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
+                              verbose if chief else 0)
+            _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
+            _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position)
+            _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
+            epoch, step_in_epoch = epoch + 1, 0
+            path = checkpoint.save(epoch, 0)
+            if best is not None:
+                results = best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval)
+                logs.update(results)
+                if validation is not None:
+                    validation.write(epoch - 1, results)
+            logging.info(
+                "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
+                epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
+                ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
+            )
+            if monitor.preempt_requested.is_set():
+                raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
+                                "command to resume.")
+        return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": logs}
+    finally:
+        for board in tensorboard:  # One events file per run (keras_compat.RunTensorBoard).
+            board.close()
 
 
 def _log_run(config, strategy, plan, source, device):
