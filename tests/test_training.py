@@ -9,7 +9,7 @@ import yaml
 
 from efficientnetv2.train import schedules, training
 from hparams.config import ConfigError
-from tests.training_helpers import tiny_config
+from tests.training_helpers import scalars, summaries, tiny_config
 
 
 def _weights(result):
@@ -64,32 +64,9 @@ def test_run_folder_contents(evaluated_run):
     assert logs["eval_examples"] == 2 * 16  # eval.steps x eval.batch_size
 
 
-def _summaries(folder, plugin):
-    """``(step, value)`` of each summary of ``plugin`` ("scalars", "images") in ``folder``'s event files."""
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    for path in sorted(folder.glob("events.out.tfevents*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == plugin:  # not the model graph's text
-                    yield event.step, value
-
-
-def _scalars(folder):
-    """{tag: {step: value}} of the TensorBoard event files in ``folder``."""
-    import tensorflow as tf
-
-    scalars = {}
-    for step, value in _summaries(folder, "scalars"):
-        scalars.setdefault(value.tag, {})[step] = float(tf.make_ndarray(value.tensor))
-    return scalars
-
-
 def test_train_and_eval_writes_validation_scalars_beside_the_training_ones(evaluated_run):
     _, model_dir, result = evaluated_run
-    train, validation = _scalars(model_dir / "logs" / "train"), _scalars(model_dir / "logs" / "validation")
+    train, validation = scalars(model_dir / "logs" / "train"), scalars(model_dir / "logs" / "validation")
     # The same tag at the same epoch steps as Keras' training scalars: one chart with both curves.
     assert set(train["epoch_top1"]) == set(validation["epoch_top1"]) == {0, 1}
     assert set(validation["epoch_loss"]) == {0, 1}
@@ -235,7 +212,7 @@ def _images(folder):
 
     # An image summary is [width, height, png, png, ...].
     return {step: (value.tag, tf.make_ndarray(value.tensor).shape[0] - 2, value.metadata.summary_description)
-            for step, value in _summaries(folder, "images")}
+            for step, value in summaries(folder, "images")}
 
 
 def test_each_stage_start_writes_augmented_images_and_taking_them_changes_nothing(tmp_path):

@@ -1,4 +1,5 @@
-"""A tiny training config shared by the training, progressive and fault tests."""
+"""A tiny training config shared by the training, progressive and fault tests, and readers of the
+TensorBoard event files the runs write."""
 
 from hparams import config as config_lib
 
@@ -55,3 +56,26 @@ def tiny_config(**overrides):
     """Synthetic data, a 3-block model, 32-48 px, a few steps per epoch: seconds per epoch on a CPU."""
     config = config_lib.load_config(dataset="synthetic", model="s")
     return config_lib.apply_overrides(config, tiny_settings(**overrides))
+
+
+def summaries(folder, plugin):
+    """``(step, value)`` of each summary of ``plugin`` ("scalars", "images") in ``folder``'s event files."""
+    import tensorflow as tf  # noqa: PLC0415 this module is imported without TF too
+    from tensorflow.core.util import event_pb2  # noqa: PLC0415
+
+    for path in sorted(folder.glob("events.out.tfevents*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == plugin:  # not the model graph's text
+                    yield event.step, value
+
+
+def scalars(folder):
+    """{tag: {step: value}} of the TensorBoard event files in ``folder``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    found = {}
+    for step, value in summaries(folder, "scalars"):
+        found.setdefault(value.tag, {})[step] = float(tf.make_ndarray(value.tensor))
+    return found
