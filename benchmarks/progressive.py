@@ -7,7 +7,8 @@
 (c) progressive size with adaptive regularization (the paper's method);
 (d) (c) with a per-stage batch (``progressive.batch_scaling=pixels``): early, small-image stages
     train larger batches (as many pixels per step as the last stage, up to ``--max_batch_size``) at a
-    learning rate scaled with the batch, in fewer steps.
+    learning rate scaled with the batch, in fewer steps: by the optimizer's rule (linear for
+    RMSProp); (d'), mode ``batch_scaling_sqrt``, scales it with the square root of the batch instead.
 
 The paper's EfficientNetV2-S setting (128 -> 300 px, eval 384, RandAugment 5 -> 15, dropout 0.1 -> 0.3,
 4 stages) is scaled to a 2-core CPU: sizes by 128/300 (128 -> 56 px start, 300 -> 128 px end, eval
@@ -96,8 +97,9 @@ def make_config(args, mode):
         "eval.batch_size": 64,
         "eval.steps": args.eval_steps or None,
     }
-    if mode == "batch_scaling":
-        overrides.update({"progressive.batch_scaling": "pixels", "progressive.max_batch_size": args.max_batch_size})
+    if mode in ("batch_scaling", "batch_scaling_sqrt"):
+        overrides.update({"progressive.batch_scaling": "pixels", "progressive.max_batch_size": args.max_batch_size,
+                          "progressive.lr_batch_rule": "sqrt" if mode == "batch_scaling_sqrt" else "auto"})
         mode = "adaptive"
     if mode == "fixed":
         overrides.update({  # One stage at the final values: training without progressive learning.
@@ -126,7 +128,8 @@ def make_config(args, mode):
 NAMES = {"fixed": "(a) fixed size, final regularization",
          "progressive_size": "(b) progressive size, fixed regularization",
          "adaptive": "(c) progressive size + adaptive regularization",
-         "batch_scaling": "(d) (c) + per-stage batch size"}
+         "batch_scaling": "(d) (c) + per-stage batch size",
+         "batch_scaling_sqrt": "(d') (d) with the learning rate ~ sqrt(batch)"}
 
 
 def plot(curves, path, title=""):

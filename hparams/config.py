@@ -158,6 +158,9 @@ class ProgressiveConfig:
     # count, never below train.batch_size; its learning rate and steps per epoch follow the batch.
     batch_scaling: str = "none"
     max_batch_size: typing.Optional[int] = None
+    # How a scaled stage's learning rate follows its batch: "linear" (lr ~ batch), "sqrt"
+    # (lr ~ sqrt(batch)), or "auto": the optimizer's rule (efficientnetv2/train/schedules.LR_BATCH_RULES).
+    lr_batch_rule: str = "auto"
 
 
 @dataclasses.dataclass
@@ -187,6 +190,7 @@ CHOICES = {
     "train.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.jit_compile": ("auto", "true", "false"),
     "progressive.batch_scaling": ("none", "pixels"),
+    "progressive.lr_batch_rule": ("auto", "linear", "sqrt"),
 }
 # String keys that hold "auto" or a count (stored as its decimal string).
 AUTO_OR_COUNT = ("train.steps_per_execution",)

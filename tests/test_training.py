@@ -248,6 +248,10 @@ def test_plan_with_per_stage_batch():
     sqrt = training.make_plan(tiny_config(**{"progressive.batch_scaling": "pixels", "train.optimizer": "adamw"}), source)
     assert [s.batch_size for s in sqrt.stages] == [16, 8]
     assert [s.learning_rate_scale for s in sqrt.stages] == pytest.approx([2 ** 0.5, 1.0])  # AdamW: square root
+    for rule, scale in (("sqrt", 2 ** 0.5), ("linear", 2.0)):  # the optimizer's rule overridden
+        chosen = training.make_plan(tiny_config(**{"progressive.batch_scaling": "pixels",
+                                                   "progressive.lr_batch_rule": rule}), source)
+        assert [s.learning_rate_scale for s in chosen.stages] == pytest.approx([scale, 1.0])
     off = training.make_plan(tiny_config(), source)
     assert [(s.batch_size, off.stage_steps(s), s.learning_rate_scale) for s in off.stages] == [(8, 3, 1.0)] * 2
 
@@ -260,6 +264,8 @@ def test_per_stage_batch_settings_are_checked():
         training.make_plan(tiny_config(**{"progressive.max_batch_size": 4}), source)
     with pytest.raises(ConfigError, match=r"'progressive.batch_scaling' got 'area'; expected one of \['none', 'pixels'\]"):
         tiny_config(**{"progressive.batch_scaling": "area"})
+    with pytest.raises(ConfigError, match=r"'progressive.lr_batch_rule' got 'cube'; expected one of"):
+        tiny_config(**{"progressive.lr_batch_rule": "cube"})
     with pytest.raises(ConfigError, match=r"'train.log_stage_images' = -1: must be >= 0"):
         training.make_plan(tiny_config(**{"train.log_stage_images": -1}), source)
 

@@ -97,7 +97,8 @@ def _progressive_spec(config, spec, num_replicas=1):
         batch_scaling=p.batch_scaling,
         max_batch_size=p.max_batch_size,
         batch_multiple=math.lcm(8, num_replicas),
-        lr_batch_rule=schedules.LR_BATCH_RULES[config.train.optimizer],
+        lr_batch_rule=(schedules.LR_BATCH_RULES[config.train.optimizer] if p.lr_batch_rule == "auto"
+                       else p.lr_batch_rule),
     )
 
 
