@@ -63,6 +63,7 @@ def block_shuffle(dataset: tf.data.Dataset, seed: tf.Tensor,
     A stateless stand-in for `Dataset.shuffle(block_size)`: with shards whose order is shuffled
     and interleaved first, each block mixes examples from many files.
     """
+    @tf.autograph.experimental.do_not_convert
     def shuffle(block_index, block):
         block_seed = tf.random.experimental.stateless_fold_in(seed, block_index)
         size = tf.shape(tf.nest.flatten(block)[0], out_type=tf.int64)[0]

@@ -121,6 +121,7 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
     mix = mixup_alpha > 0 or cutmix_alpha > 0
     batch_key = _stream_seed(seed, epoch, _BATCH_STREAM, pipeline_id)
 
+    @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors
     def finish(index, batch):
         images, labels, keys, positions = batch
         if mix:

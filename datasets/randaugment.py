@@ -432,4 +432,4 @@ def _policy(num_layers: int, pixel_scale: float) -> Callable:
         _, image = tf.while_loop(lambda index, _: index < num_layers, layer, [0, image])
         return image
 
-    return tf.function(policy)
+    return tf.function(policy, autograph=False)

@@ -144,6 +144,7 @@ def map_skipping_errors(dataset: tf.data.Dataset, fn: Callable, id_fn: Callable,
     if window < 1:
         raise ValueError(f"window={window} must be >= 1")
 
+    @tf.autograph.experimental.do_not_convert  # explicit tf.cond/while_loop: nothing to convert
     def attempt(*runs):
         elements = runs[0] if len(runs) == 1 else tf.data.Dataset.zip(runs)
         if isinstance(elements, dict):

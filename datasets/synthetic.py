@@ -130,6 +130,7 @@ class SyntheticSource(Source):
 
         draw = _renderer(image_size, self.seed, split)
 
+        @tf.autograph.experimental.do_not_convert
         def example(index):
             return {"image": draw(index),
                     "label": tf.cast(index % self.num_classes, tf.int32),
