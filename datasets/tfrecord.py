@@ -85,6 +85,7 @@ def _exists(path: tf.Tensor) -> tf.Tensor:
     return tf.size(tf.io.matching_files(tf.strings.regex_replace(path, r"([*?\[\\])", r"\\\1"))) > 0
 
 
+@tf.autograph.experimental.do_not_convert  # explicit tf.cond: nothing for autograph to convert
 def read_shard(shard: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
     """(serialized record, "shard:record number") for every record of one shard of `size` bytes, up
     to any damage.
@@ -268,8 +269,9 @@ class TFRecordSource(Source):
             dataset = ordering.shard_elements(dataset, input_context)
         if block_seed is not None:
             dataset = ordering.block_shuffle(dataset, block_seed, self.shuffle_block)
-        return dataset.map(lambda record, record_id: self._parse(record, record_id, self.num_classes),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parse = tf.autograph.experimental.do_not_convert(
+            lambda record, record_id: self._parse(record, record_id, self.num_classes))
+        return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def describe(self) -> str:
         held = f" (eval: about {self.holdout} training records held out)" if self.holdout else ""

@@ -55,6 +55,7 @@ class DataPosition:
         self._tables[context.input_pipeline_id] = (table, batch_size, start, batches_per_step)
         self._num_pipelines = context.num_input_pipelines
 
+        @tf.autograph.experimental.do_not_convert
         def record(index, batch):
             images, labels, position = batch
             with tf.control_dependencies([table.scatter_nd_update([[index]], [position])]):
