@@ -133,7 +133,9 @@ def map_skipping_errors(dataset: tf.data.Dataset, fn: Callable, id_fn: Callable,
     """`dataset.map(fn)`, in order, without the elements on which `fn` raises an error.
 
     `id_fn(*element)` gives a string tensor naming the element (file, shard and record) for the
-    log.  Elements must be tuples or single structures as in `Dataset.map`.
+    log.  Elements must be tuples or single structures as in `Dataset.map`.  Both are traced as
+    written, without autograph (a process' first conversion cost seconds): control flow on tensors
+    must be `tf.cond` / `tf.while_loop`, as a Python `if` on a tensor fails while tracing.
 
     Each run of `window` elements is mapped in a dataset of its own with `ignore_errors()`; the
     mapped elements keep their place in the run, so a gap in the places is a failure, named from
