@@ -19,7 +19,10 @@ def pytest_configure(config):
 # The longest test files, longest first. With `--dist loadfile` a file runs whole on one worker, and
 # the workers take files in collection order (pytest.ini turns off xdist's reordering by test count,
 # which put these few-test files last): started first, they overlap the many short files instead of
-# leaving one worker alone at the end. Measured with `--durations`; the order is only a schedule.
+# leaving one worker alone at the end; every file over ~15 s is listed, so that the last minute is
+# files of a few seconds (2026-12-03: the two workers ended 21-25 s apart with test_model.py,
+# test_weights_import.py or test_keras_applications.py last). Measured with `--durations`; the
+# order is only a schedule.
 LONGEST_FIRST = [
     "test_faults.py",
     "test_preemption.py",
@@ -27,8 +30,16 @@ LONGEST_FIRST = [
     "test_steps_per_execution.py",
     "test_progressive.py",
     "test_export.py",
+    "test_datasets_service.py",
     "test_main.py",
+    "test_weights_import.py",
+    "test_model.py",
+    "test_datasets_pipeline.py",
+    "test_keras_applications.py",
+    "test_datasets_randaugment.py",
     "test_jax_backend.py",
+    "test_imagenet21k.py",
+    "test_data_faults.py",
 ]
 
 
