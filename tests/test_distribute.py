@@ -142,7 +142,12 @@ def test_multiworker_train_and_eval_evaluates_every_example_once_and_keeps_the_b
 def test_mirrored_mixed_float16_with_loss_scaling_trains_the_single_device_model(tmp_path):
     runs = _local(tmp_path, ["one_fp16", "mirrored_fp16"])
     assert_same_model(runs["one_fp16"], runs["mirrored_fp16"], FLOAT16)
-    assert float(runs["mirrored_fp16"]["eval_top1"]) == float(runs["one_fp16"]["eval_top1"])
+    # The same top-1 up to an example or two of the 1,000: the weights agree to float16's tolerance,
+    # not bit for bit, and the 10 logits of a model 6 steps into training are close together, so
+    # float16 rounding (~1e-3 relative) can flip a near tie. Measured: equal in earlier sessions' runs,
+    # one example apart (0.089 vs 0.090) on an Intel Xeon with AVX-512 (2026-12-03).
+    assert int(runs["mirrored_fp16"]["eval_examples"]) == int(runs["one_fp16"]["eval_examples"]) == 1000
+    assert abs(float(runs["mirrored_fp16"]["eval_top1"]) - float(runs["one_fp16"]["eval_top1"])) <= 2 / 1000
 
 
 def test_strategy_names():
