@@ -92,6 +92,30 @@ def test_keras_progbar_header_still_counts_the_fit_call(capsys):
     assert "2/2" in out  # Keras' bar itself still runs under the header.
 
 
+class _StopAfterFirstStep(keras.callbacks.Callback):
+    """Stops the epoch after its first step, as the trainer does on a preemption or a NaN loss."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.stop_training = True
+
+
+def _bar_ends(out):
+    """The step counts ("1/4") the progress bar showed, in order, colours and redraws undone."""
+    return re.findall(r"^(\d+/\d+) ", re.sub(r"\x1b\[[0-9;]*m", "", out).replace("\r", "\n"), re.M)
+
+
+def test_keras_progbar_still_ends_an_epoch_stopped_early_at_its_target(capsys):
+    x, y = _data()
+    model = _dense_model("sgd")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=1, callbacks=[_StopAfterFirstStep()])
+    assert _bar_ends(capsys.readouterr().out)[-1] == "4/4"  # Keras: after one step of four.
+
+    model.fit(x, y, batch_size=2, epochs=1, verbose=1,
+              callbacks=[keras_compat.EpochProgbar("Epoch 1/9"), _StopAfterFirstStep()])
+    ends = _bar_ends(capsys.readouterr().out)
+    assert ends and set(ends) == {"1/4"}, ends  # Ours ends where the epoch stopped.
+
+
 def _conv_bn():
     return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
                              keras.layers.BatchNormalization()])

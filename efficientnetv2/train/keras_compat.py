@@ -128,6 +128,12 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
     (``EpochIterator._enumerate_iterator``), so the bar shows e.g. "12/10" before its final "10/10".
     This class caps the index at the epoch's last step. Upstream: no issue found as of 2026-12-02.
     Its canary is in ``tests/test_steps_per_execution.py`` with the trainer's other uses of the index.
+
+    Also found with Keras 3.15.1: an epoch stopped early (``model.stop_training`` set by the trainer's
+    preemption or non-finite-loss handling) still ends its bar at the target, "20/20" after one step,
+    with the time per step divided by 20 (``ProgbarLogger._finalize_progbar``). This class ends it
+    where the epoch stopped. Upstream: no issue found as of 2026-12-03; canary in
+    ``tests/test_keras_compat.py``.
     """
 
     def __init__(self, header):
@@ -148,6 +154,12 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
         if self.target is not None:
             batch = min(batch, self.target - 1)
         super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.target is None or self.seen >= self.target:
+            super().on_epoch_end(epoch, logs)
+        elif self.seen:  # Stopped early: the bar ends where the epoch did (no bar before a first step).
+            self.progbar.update(self.seen, list((logs or {}).items()), finalize=True)
 
 
 class RunTensorBoard(keras.callbacks.TensorBoard):
