@@ -11,7 +11,8 @@ JPEG (quality 95).  Every image is decoded once to check it: undecodable files a
 left out.
 
 Nothing is overwritten: an --out that already holds shards, labels.txt or num_examples.json (or
-is a file) is refused before any work, naming what is there.  Errors (that, a missing --src, a
+is a file) is refused before any work, naming what is there; so is an --out inside --src, equal
+to it or holding it (the records would land among the photos and be read as a class folder).  Errors (that, a missing --src, a
 folder too small for the hold-out) are one line on stderr and exit status 1.
 """
 
@@ -82,6 +83,18 @@ def check_out(out: str) -> None:
                               "a new or empty folder (this tool never overwrites files)")
 
 
+def check_apart(src: str, out: str) -> None:
+    """Raise ValueError when `out` is `src`, inside it or holds it (real paths: links resolved)."""
+    if "://" in src or "://" in out:
+        return
+    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
+    if os.path.commonpath([real_src, real_out]) in (real_src, real_out):
+        where = ("is" if real_src == real_out else "is inside" if real_out.startswith(real_src + os.sep)
+                 else "holds")
+        raise ValueError(f"--out {out!r} {where} --src {src!r}; nothing was written. Choose a folder "
+                         "outside the photo folder (records inside it would be read as a class folder)")
+
+
 def _default_shards(count: int) -> int:
     return max(1, math.ceil(count / 1024))
 
@@ -91,11 +104,12 @@ def convert(src: str, out: str, shards: Optional[int] = None,
     """Convert folder `src` into shards in `out`; returns {"train": n, "validation": m}.
 
     Raises FileExistsError when `out` is a file or holds files this would write (see
-    `check_out`), before reading `src`.
+    `check_out`), and ValueError when `out` and `src` nest (`check_apart`), before reading `src`.
     """
     for name, value in (("shards", shards), ("validation_shards", validation_shards)):
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
+    check_apart(src, out)
     check_out(out)
     source = folder.FolderSource(src)
     tf.io.gfile.makedirs(out)

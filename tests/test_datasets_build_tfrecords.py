@@ -136,3 +136,19 @@ def test_missing_src_and_bad_shard_counts_are_one_line_errors(tmp_path, capsys):
                                  "--validation_shards", "0"]) == 1
     assert "--validation_shards must be >= 1" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("out, where", [(".", "is"), ("records", "is inside"), ("..", "holds"),
+                                        ("link", "is")])
+def test_out_nested_with_src_is_refused_before_writing(tmp_path, capsys, out, where):
+    src = _small_src(tmp_path / "photos" / "src")
+    os.symlink(src, tmp_path / "link")  # The same folder under another name.
+    before = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
+                    for f in files)
+    out = str(tmp_path / "link") if out == "link" else os.path.normpath(os.path.join(src, out))
+    assert build_tfrecords.main(["--src", src, "--out", out]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--out {out!r} {where} --src {src!r}; nothing was written" in error
+    after = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
+                   for f in files)
+    assert after == before
