@@ -131,3 +131,22 @@ def test_one_line_strips_tensorflow_annotations():
     error = tf.errors.DataLossError(None, None, "corrupted record at 164584 {{function_node __inference_x}} "
                                                 "[Op:IteratorGetNext]\n  more detail\n")
     assert main._one_line(error) == "corrupted record at 164584"
+
+
+@pytest.mark.parametrize("model_dir, where", [("{data}", "is"), ("{data}/run", "is inside"),
+                                              ("{tmp}", "holds"), ("{tmp}/link/run", "is inside")])
+def test_a_run_folder_nested_with_the_data_folder_is_refused_before_any_work(tmp_path, caplog, model_dir, where):
+    data = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(data / name / "a.png")
+    os.symlink(data, tmp_path / "link")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    model_dir = model_dir.format(data=data, tmp=tmp_path)
+    for mode in ("train", "train_and_eval", "eval"):
+        caplog.clear()
+        assert _main_in_process(f"--mode={mode}", f"--data_dir={data}", f"--model_dir={model_dir}",
+                                f"--hparams={tiny_hparams()}") != 0
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and f"--model_dir {model_dir} {where} the data folder --data_dir {data}" in errors[0]
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

@@ -300,6 +300,19 @@ def _write_config(config, model_dir):
     return _write_atomically(os.path.join(model_dir, "config.yaml"), config_lib.dump(config))
 
 
+def _check_apart_from_data(model_dir, data_dir):
+    """Refuses a ``model_dir`` that is the data folder, inside it or holds it (real paths, links
+    resolved): checkpoints among the photos would be read as a class folder by every later run."""
+    if not data_dir or "://" in model_dir or "://" in data_dir:
+        return
+    run, data = os.path.realpath(model_dir), os.path.realpath(data_dir)
+    if os.path.commonpath([run, data]) in (run, data):
+        where = "is" if run == data else "is inside" if run.startswith(data + os.sep) else "holds"
+        raise config_lib.ConfigError(
+            f"--model_dir {model_dir} {where} the data folder --data_dir {data_dir}; pass a run folder "
+            "outside the data (the run's files would be read as data)")
+
+
 def _check_model_dir(model_dir):
     """Creates ``model_dir`` and proves it writable, or raises an OSError saying what is wrong with it."""
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
@@ -450,6 +463,7 @@ def train(config, model_dir, strategy=None, evaluate_each_epoch=False, allow_con
     device = distribute.device_kind(strategy)
     chief = distribute.is_chief(strategy)
     # Everything that can fail on bad input fails here, before the model is built.
+    _check_apart_from_data(model_dir, config.data.data_dir)
     source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir,
                                  holdout=config.data.holdout_examples)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, device)
@@ -741,6 +755,7 @@ class _ValidationScalars:
 def evaluate(config, model_dir, strategy=None, checkpoint_path=None):
     """Evaluates a checkpoint (latest, or ``checkpoint_path``) with EMA weights at the eval size."""
     strategy = strategy or tf.distribute.get_strategy()
+    _check_apart_from_data(model_dir, config.data.data_dir)
     source = datasets.get_source(config.data.dataset, config.data.data_dir, count_cache_dir=model_dir,
                                  holdout=config.data.holdout_examples)
     plan = make_plan(config, source, strategy.num_replicas_in_sync, distribute.device_kind(strategy))
