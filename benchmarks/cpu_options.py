@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
 
 
@@ -61,11 +61,13 @@ def main(argv=None):
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("cpu_options.py measures the TensorFlow backend's options")
     modes = [m for m in args.modes.split(",") if m]
-    info = timing.conditions(
+    rep = report.Report(
+        "CPU options: precision and XLA", __file__, argv,
         variant=args.variant, image_size=args.image_size, batch_size=args.batch_size,
         steps_per_call=args.steps, repeats=args.repeats,
         TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (on for x86)"),
     )
+    info = rep.conditions
     timing.print_conditions(info)
     start = time.perf_counter()
     combos = list(itertools.product(
@@ -112,8 +114,8 @@ def main(argv=None):
             images_s, ratio, cpu_ratio = results[mode][name]
             row += [f"{images_s:.1f}", f"{ratio:.2f}x / {cpu_ratio:.2f}x"]
         rows.append(row)
-    print()
-    print(timing.markdown_table(headers, rows))
+    rep.table(headers).extend(rows)
+    rep.print()
     return results
 
 

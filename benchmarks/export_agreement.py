@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import report  # noqa: E402
+
 from datasets import decode  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -102,8 +104,11 @@ def main():
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(args.data_dir, args.split)):
         sys.exit(f"no images: {os.path.join(args.data_dir, args.split)} is not a folder")
+    rep = report.Report("Export agreement", __file__, images=f"{args.num_images} of the {args.split} split")
+    table = rep.table(["measure", "value"])
     for key, value in measure(args.export_dir, args.data_dir, args.split, args.num_images).items():
-        print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+        table.add(key, f"{value:.6g}" if isinstance(value, float) else value)
+    rep.print()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
 from efficientnetv2 import block_strings, build_model  # noqa: E402
 from efficientnetv2.flops import count_flops  # noqa: E402
 
@@ -126,7 +126,8 @@ def main(argv=None):
     keras.config.set_dtype_policy(args.precision)
     fused = [int(s) for s in args.fused_stages.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
-    info = timing.conditions(
+    rep = report.Report(
+        "Fused-MBConv ablation", __file__, argv,
         network=f"EfficientNet-B4 stages (V1 B0 x width {B4_WIDTH}, depth {B4_DEPTH})",
         fused_kernel=args.fused_kernel_size or "each stage's own",
         image_size=args.image_size,
@@ -135,6 +136,7 @@ def main(argv=None):
         repeats=args.repeats,
         precision=args.precision,
     )
+    info = rep.conditions
     timing.print_conditions(info)
     start = time.perf_counter()
     models, flops = {}, {}
@@ -182,8 +184,8 @@ def main(argv=None):
                     f"{speed[mode]['rel'][n]:.2f}x / {speed[mode]['cpu'][n]:.2f}x"]
         row += list(PAPER.get(n, ("",) * 5))
         rows.append(row)
-    print()
-    print(timing.markdown_table(headers, rows))
+    rep.table(headers).extend(rows)
+    rep.print()
     return rows
 
 

@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from efficientnetv2 import build_model, get_variant  # noqa: E402
 from efficientnetv2.flops import count_flops  # noqa: E402
 
@@ -311,6 +312,8 @@ def main(argv=None):
         raise SystemExit(f"run under KERAS_BACKEND=jax (this is {keras.backend.backend()!r})")
     keras.config.set_dtype_policy(args.precision)
     device = jax.devices()[0]
+    rep = report.Report("Training and inference throughput on an accelerator", __file__, argv,
+                        precision=args.precision, compile="XLA (jax.jit)")
     print(f"# keras {keras.__version__}, jax {jax.__version__}, device {device.device_kind} "
           f"({device.platform}, {jax.device_count()} device(s)), precision {args.precision}, XLA jit")
     peak_size = args.peak_matmul_size or (1024 if device.platform == "cpu" else 8192)
@@ -366,12 +369,12 @@ def main(argv=None):
                 flush=True,
             )
             rows.append((spec.name, mode, size, batch, images_s, step_s, achieved, compile_s))
-    print()
-    print("| variant | mode | px | batch | img/s | step ms | TFLOP/s | MFU | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    table = rep.table(["variant", "mode", "px", "batch", "img/s", "step ms", "TFLOP/s", "MFU", "compile s"])
     for name, mode, size, batch, images_s, step_s, achieved, compile_s in rows:
-        print(f"| {name} | {mode} | {size} | {batch} | {images_s:.1f} | {step_s * 1000:.1f} | "
-              f"{achieved / 1e12:.3f} | {100 * achieved / peak:.1f}% | {compile_s:.0f} |")
+        table.add(name, mode, size, batch, f"{images_s:.1f}", f"{step_s * 1000:.1f}", f"{achieved / 1e12:.3f}",
+                  f"{100 * achieved / peak:.1f}%", f"{compile_s:.0f}", progress=False)
+    rep.note(f"Measured peak: {peak / 1e12:.2f} TFLOP/s (bf16 matmul {peak_size}x{peak_size}); MFU is against it.")
+    rep.print()
     return rows
 
 

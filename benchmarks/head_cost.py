@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
 from datasets.tfrecord import IMAGENET21K_CLASSES  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
 from efficientnetv2.train import optimizers, training  # noqa: E402
@@ -72,11 +72,12 @@ def main(argv=None):
     for name, (model, y) in data.items():
         calls[name] = timing.compiled_step_calls(x, y, args.batch_size)["train"](model)
         calls[name]()  # Trace and compile.
-    info = timing.conditions(variant=args.variant, image_size=args.image_size, batch_size=args.batch_size,
-                             steps_per_call=args.steps, repeats=args.repeats)
+    rep = report.Report("ImageNet-21k head", __file__, argv,
+                        variant=args.variant, image_size=args.image_size, batch_size=args.batch_size,
+                        steps_per_call=args.steps, repeats=args.repeats)
+    info = rep.conditions
     cpu = {}
     times = timing.interleave(calls, args.repeats, cpu_times=cpu)
-    info["load average after"] = "%.2f %.2f %.2f" % os.getloadavg()
     timing.print_conditions(info)
     base = "1k head"
     rows = []
@@ -85,7 +86,8 @@ def main(argv=None):
         rows.append([name, f"{params / 1e6:.1f}M", f"{timing.median(times[name]) / args.steps * 1e3:.1f}",
                      f"{timing.paired_ratio(times[base], times[name]):.2f}x",
                      f"{timing.paired_ratio(cpu[base], cpu[name]):.2f}x"])
-    print(timing.markdown_table(["model", "parameters", "ms/step (wall)", "time vs 1k (wall)", "time vs 1k (CPU)"], rows))
+    rep.table(["model", "parameters", "ms/step (wall)", "time vs 1k (wall)", "time vs 1k (CPU)"]).extend(rows)
+    rep.print()
     return times
 
 

@@ -44,6 +44,7 @@ sys.path.insert(0, REPO_ROOT)
 import tensorflow as tf  # noqa: E402
 
 import datasets  # noqa: E402
+from benchmarks import report  # noqa: E402
 from datasets import build_tfrecords, service  # noqa: E402
 
 IMAGENETTE = os.path.join(REPO_ROOT, "..", "shared", "data", "imagenette")
@@ -127,7 +128,7 @@ def pipeline_at(revision: str, folder: str):
     return pipeline
 
 
-def compare(src, args, image_size: int, old_pipeline):
+def compare(src, args, image_size: int, old_pipeline, table, rep):
     """Rows for the full pipeline at --compare_with and today, timed in alternating ABBA rounds."""
     def build(module):
         return module.build_train_dataset(src, batch_size=args.batch_size, image_size=image_size,
@@ -144,15 +145,14 @@ def compare(src, args, image_size: int, old_pipeline):
     for name, (images, wall, cpu) in totals.items():
         per_cpu[name] = images / cpu
         label = f"ours {name}: + RandAugment(m={args.magnitude:g}) + mixup({args.mixup_alpha:g})"
-        print(f"| {label:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
-              f"{per_cpu[name]:27.0f} |", flush=True)
+        table.add(label, image_size, f"{images / wall:.0f}", f"{cpu:.1f}", f"{per_cpu[name]:.0f}")
     old, new = per_cpu.values()
-    print(f"today / at {args.compare_with}: x{new / old:.2f} images per CPU-second at {image_size} px "
-          f"({args.rounds} ABBA rounds of {args.num_batches} batches)", flush=True)
-    train_step_mixing(built["today"], image_size)
+    rep.note(f"Today / at {args.compare_with}: x{new / old:.2f} images per CPU-second at {image_size} px "
+             f"({args.rounds} ABBA rounds of {args.num_batches} batches).")
+    train_step_mixing(built["today"], image_size, rep)
 
 
-def train_step_mixing(dataset: tf.data.Dataset, image_size: int, repeats: int = 20):
+def train_step_mixing(dataset: tf.data.Dataset, image_size: int, rep, repeats: int = 20):
     """Prints what the train step's cast and mixing (`datasets.mixing.mixed_images`) cost on this
     CPU: the part of the augmentation that today's pipeline leaves to the device, paid by the host
     only when it trains on the CPU."""
@@ -163,8 +163,8 @@ def train_step_mixing(dataset: tf.data.Dataset, image_size: int, repeats: int = 
     for _ in range(repeats):
         mixed(x)
     per_image = (_cpu_seconds() - cpu) / (repeats * int(tf.nest.flatten(x)[0].shape[0]))
-    print(f"the train step's cast + mixup of today's batches, on this CPU: {per_image * 1e3:.2f} ms "
-          f"of CPU per image at {image_size} px (on a GPU/TPU it runs there)", flush=True)
+    rep.note(f"The train step's cast + mixup of today's batches, on this CPU: {per_image * 1e3:.2f} ms "
+             f"of CPU per image at {image_size} px (on a GPU/TPU it runs there).")
 
 
 def _process_cpu_seconds(pids) -> float:
@@ -206,7 +206,7 @@ def local_service(num_workers: int):
         dispatcher.stop()
 
 
-def time_service(src, args, image_size: int):
+def time_service(src, args, image_size: int, table):
     """Rows of the full pipeline with 0, 1, 2... local tf.data service workers, as training
     builds it (the epoch repeated on the workers, keyed by example id).
 
@@ -223,8 +223,8 @@ def time_service(src, args, image_size: int):
             before = _process_cpu_seconds(pids)
             images, wall, cpu = measure(dataset, args.num_batches, args.warmup_batches)
             workers_cpu = _process_cpu_seconds(pids) - before
-        print(f"| {num_workers:7d} | {image_size:4d} | {images / wall:8.0f} | {cpu:18.1f} | "
-              f"{workers_cpu:13.1f} | {images / (cpu + workers_cpu):22.0f} |", flush=True)
+        table.add(num_workers, image_size, f"{images / wall:.0f}", f"{cpu:.1f}", f"{workers_cpu:.1f}",
+                  f"{images / (cpu + workers_cpu):.0f}")
 
 
 def main() -> int:
@@ -252,6 +252,10 @@ def main() -> int:
                         help="e.g. 0,1,2: also time the full pipeline through tf.data service with "
                              "this many local worker processes (0: without the service)")
     args = parser.parse_args()
+    rep = report.Report("Input pipeline", __file__, batch_size=args.batch_size,
+                        timed_batches=f"ours {args.num_batches} after {args.warmup_batches}, Keras baselines "
+                                      f"{args.baseline_batches} after 1",
+                        augmentation=f"RandAugment m={args.magnitude:g}, mixup {args.mixup_alpha:g}")
 
     with tempfile.TemporaryDirectory() as scratch:
         tfrecord_dir = args.tfrecord_dir or os.path.join(scratch, "tfrecords")
@@ -270,27 +274,27 @@ def main() -> int:
               f"{args.batch_size}; timed batches after warm-up: ours {args.num_batches} after "
               f"{args.warmup_batches}, Keras baselines {args.baseline_batches} after 1; "
               f"{src.num_examples('train')} imagenette JPEGs (~224x224) in TFRecords")
-        header = f"| {'pipeline':52s} | size | images/s | CPU s | images per CPU-s (per core) |"
-        print(header)
-        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        table = rep.table(["pipeline", "size", "images/s", "CPU s", "images per CPU-second"],
+                          f"{src.num_examples('train')} imagenette JPEGs (~224x224) in TFRecords; tf.data's "
+                          "default thread pool (one thread per core).")
         old_pipeline = pipeline_at(args.compare_with, scratch) if args.compare_with else None
         for image_size in (int(s) for s in args.image_sizes.split(",")):
             if old_pipeline:
-                compare(src, args, image_size, old_pipeline)
+                compare(src, args, image_size, old_pipeline, table, rep)
                 continue
             for name, dataset, batches, warmup in pipelines(src, args, image_size):
                 images, wall, cpu = measure(dataset, batches, warmup)
-                print(f"| {name:52s} | {image_size:4d} | {images / wall:8.0f} | {cpu:5.1f} | "
-                      f"{images / cpu:27.0f} |", flush=True)
+                table.add(name, image_size, f"{images / wall:.0f}", f"{cpu:.1f}", f"{images / cpu:.0f}")
         if args.service_workers:
-            print(f"\nours, full, from the JPEG folder (not TFRecords), through tf.data service "
-                  f"(DYNAMIC sharding; dispatcher in this process, workers local processes "
-                  f"sharing these {cores} cores):")
-            print("| workers | size | images/s | this process CPU s | workers CPU s | images per CPU-s (all) |")
-            print("|---------|------|----------|--------------------|---------------|------------------------|")
+            service_table = rep.table(
+                ["service workers", "size", "images/s", "trainer process CPU s", "workers CPU s",
+                 "images per CPU-second, all processes"],
+                f"Ours, full, from the JPEG folder (not TFRecords), through tf.data service (DYNAMIC sharding; "
+                f"dispatcher in this process, workers local processes sharing these {cores} cores).")
             for image_size in (int(s) for s in args.image_sizes.split(",")):
-                time_service(datasets.get_source("auto", args.images), args, image_size)
-    print(f"skipped undecodable images: {datasets.skipped_images()}")
+                time_service(datasets.get_source("auto", args.images), args, image_size, service_table)
+    rep.note(f"Skipped undecodable images: {datasets.skipped_images()}.")
+    rep.print()
     return 0
 
 

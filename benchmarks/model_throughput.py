@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
 from efficientnetv2.io.keras_applications import build_keras_application  # noqa: E402
 
@@ -127,13 +127,16 @@ def main(argv=None):
     variants = [v for v in args.variant.split(",") if v]
     sizes = [int(s) for s in args.image_sizes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
-    info = timing.conditions(
+    rep = report.Report(
+        "Model speed vs keras.applications",
+        __file__, argv,
         precision=args.precision,
         batch_size=args.batch_size,
         steps_per_call=args.steps,
         repeats=f"{args.repeats} (train, fit), {args.infer_repeats} (call, predict)",
         jit_compile=args.jit_compile,
     )
+    info = rep.conditions
     timing.print_conditions(info)
     rows = []
     for variant in variants:
@@ -166,16 +169,10 @@ def main(argv=None):
             del models, results
             keras.backend.clear_session()
             gc.collect()
-    print(f"# load average after: {timing.conditions()['load average (1, 5, 15 min)']}")
-    print()
-    print(
-        timing.markdown_table(
-            ["variant", "px", "mode", "batch", "precision", "XLA", "ours img/s",
-             "keras.applications img/s", "ours/keras (wall)", "ours/keras (CPU time)",
-             "first call s (ours / keras)"],
-            rows,
-        )
-    )
+    rep.table(["variant", "px", "mode", "batch", "precision", "XLA", "ours img/s",
+               "keras.applications img/s", "ours/keras (wall)", "ours/keras (CPU time)",
+               "first call s (ours / keras)"]).extend(rows)
+    rep.print()
     return rows
 
 

@@ -47,6 +47,7 @@ from absl import logging  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from efficientnetv2.train import schedules, training  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
 
@@ -209,6 +210,8 @@ def main():
     configs = {m: make_config(args, m) for m in modes}
     stats = {m: {"train_s": 0.0, "measured_s": 0.0, "wall_s": 0.0, "images": 0} for m in modes}
     curves = {m: [] for m in modes}
+    rep = report.Report("Progressive learning on real photos", __file__,
+                        runs=", ".join(NAMES.get(m, m) for m in modes) + " (interleaved epoch by epoch)")
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; runs in {work}", flush=True)
     for epoch in range(args.epochs):
         for mode in modes:
@@ -250,19 +253,21 @@ def main():
              f"{args.epochs} epochs, {args.stages} stages, batch {args.batch_size} ((d) up to {args.max_batch_size}), "
              f"sizes {args.start_size}->{args.image_size} px, eval {args.eval_size} px (EMA weights), "
              f"TF {tf.__version__}, {os.cpu_count()} cores")
-    print(title)
-    print("| run | train s | measured s | wall s | images/s | val top-1 | train time vs (a) | top-1 vs (a) |")
-    print("|---|---|---|---|---|---|---|---|")
+    table = rep.table(["run", "train s", "measured s", "wall s", "images/s",
+                       f"val top-1 (EMA, {args.eval_size} px)", "train time vs (a)", "top-1 vs (a)"], title)
     for mode in modes:
         s = stats[mode]
-        print(f"| {NAMES.get(mode, mode)} | {s['train_s']:.0f} | {s['measured_s']:.0f} | {s['wall_s']:.0f} | "
-              f"{s['images'] / s['train_s']:.1f} | {100 * s['top1']:.1f}% | "
-              f"{s['train_s'] / base['train_s']:.2f}x | {100 * (s['top1'] - base['top1']):+.1f} pts |")
+        table.add(NAMES.get(mode, mode), f"{s['train_s']:.0f}", f"{s['measured_s']:.0f}", f"{s['wall_s']:.0f}",
+                  f"{s['images'] / s['train_s']:.1f}", f"{100 * s['top1']:.1f}%",
+                  f"{s['train_s'] / base['train_s']:.2f}x", f"{100 * (s['top1'] - base['top1']):+.1f} pts")
     # The time each run would take if an image cost in proportion to its pixels: the floor for a
     # progressive schedule unless small images train cheaper per pixel than large ones.
     pixels = {mode: sum(p["image_size"] ** 2 for p in curves[mode]) for mode in modes}
-    print("Pixels trained vs (a) (the time ratio if an image's cost were proportional to its pixels): "
-          + ", ".join(f"{NAMES.get(m, m).split()[0]} {pixels[m] / pixels[modes[0]]:.2f}x" for m in modes))
+    rep.note("Pixels trained vs (a) (the time ratio if an image's cost were proportional to its pixels): "
+             + ", ".join(f"{NAMES.get(m, m).split()[0]} {pixels[m] / pixels[modes[0]]:.2f}x" for m in modes)
+             + ". \"train s\" counts the train step's trace once per stage, as an uninterrupted run does; "
+             "\"measured s\" includes this benchmark's re-trace in every epoch.")
+    rep.print()
     if args.plot:
         plot(curves, args.plot, title)
         print(f"Curves drawn in {args.plot}")

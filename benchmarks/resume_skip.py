@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
+from benchmarks import report
 
 
 def _write_folder(root, images, size):
@@ -51,6 +52,7 @@ def main(argv=None):
     parser.add_argument("--step", type=int, default=120)
     parser.add_argument("--train_px", type=int, default=128)
     args = parser.parse_args(argv)
+    rep = report.Report("Resume inside an epoch", __file__, argv, pipeline="RandAugment m=10, mixup 0.2")
     _write_folder(args.dir, args.images, args.image_px)
     src = datasets.get_source("auto", args.dir)
     kwargs = dict(batch_size=args.batch, image_size=args.train_px, randaug_magnitude=10.0, mixup_alpha=0.2,
@@ -63,10 +65,14 @@ def main(argv=None):
     for old_part, new_part in zip(old_images, new_images, strict=True):
         np.testing.assert_array_equal(old_part, new_part)
     np.testing.assert_array_equal(old_labels, new_labels)
-    print(f"{src.num_examples('train')} JPEGs of {args.image_px} px, batch {args.batch}, resumed at step {k} "
-          f"({k * args.batch} images skipped): first batch after {old:.2f} s skipping built batches, "
-          f"{new:.2f} s skipping records (x{old / new:.0f}), {fresh:.2f} s at the epoch's start; the same "
-          "batch bit for bit")
+    caption = (f"{src.num_examples('train')} JPEGs of {args.image_px} px, trained at {args.train_px} px, batch "
+               f"{args.batch}, resumed at step {k} ({k * args.batch} images skipped); both resumes give the same "
+               "first batch bit for bit.")
+    table = rep.table(["first batch", "seconds", "vs skipping records"], caption)
+    table.add("at the epoch's start", f"{fresh:.2f}", f"{fresh / new:.2f}x")
+    table.add(f"at step {k}, skipping built batches", f"{old:.2f}", f"{old / new:.2f}x")
+    table.add(f"at step {k}, skipping records before decoding", f"{new:.2f}", "1.00x")
+    rep.print()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks import report  # noqa: E402
+
 from tests.test_faults import checkpoint_values  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
@@ -73,6 +75,8 @@ def main():
     parser.add_argument("--max_delay", type=float, help="seconds (default: 0.3 x that time)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    rep = report.Report("Faults", __file__, run=f"tiny EfficientNetV2 on synthetic data, {args.epochs} epochs x "
+                        f"{args.steps_per_epoch} steps, deterministic ops")
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="soak-")
     straight, soaked = os.path.join(work, "straight"), os.path.join(work, "soaked")
@@ -111,13 +115,14 @@ def main():
     lost_after_sigterm, replayed_after_sigkill = gaps["SIGTERM"], gaps["SIGKILL"]
     a, b = checkpoint_values(straight)[1], checkpoint_values(soaked)[1]
     same = sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
-    print()
-    print(f"| cycles | SIGTERM | SIGKILL | steps | completed steps lost after SIGTERM | steps replayed after SIGKILL | final weights bit-identical | final run exit |")
-    print(f"|---|---|---|---|---|---|---|---|")
-    print(f"| {sum(cycles.values())} | {cycles['SIGTERM']} | {cycles['SIGKILL']} | {total} | "
-          f"{lost_after_sigterm} | {replayed_after_sigkill} | {same} | {final_code} |")
-    print(f"(tiny EfficientNetV2 on synthetic data, {args.epochs} epochs x {args.steps_per_epoch} steps, "
-          f"deterministic ops, {time.time() - t0:.0f} s in all; run folders in {work})")
+    table = rep.table(["cycles", "SIGTERM", "SIGKILL", "steps", "completed steps lost after SIGTERM",
+                       "steps replayed after SIGKILL", "final weights bit-identical", "final run exit"])
+    table.add(sum(cycles.values()), cycles["SIGTERM"], cycles["SIGKILL"], total, lost_after_sigterm,
+              replayed_after_sigkill, same, final_code)
+    rep.note(f"The uninterrupted run took {straight_s:.0f} s; signals after {min_delay:.0f}-{max_delay:.0f} s; "
+             f"{time.time() - t0:.0f} s in all.")
+    print(f"run folders in {work}")
+    rep.print()
 
 
 if __name__ == "__main__":

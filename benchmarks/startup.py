@@ -302,10 +302,9 @@ def run(work_dir: str, renamed: bool = True, restarts: int = 3) -> dict:
     return results
 
 
-def print_table(results: dict) -> None:
-    print("| shards | records (train + val) | start | counts from | s to 1st step | MB from storage "
-          "to 1st step (at exit) | MB read() to 1st step (at exit) |")
-    print("|---|---|---|---|---|---|---|")
+def print_table(results: dict, rep) -> None:
+    table = rep.table(["shards", "records (train + val)", "start", "counts from", "s to 1st step",
+                       "MB from storage to 1st step (at exit)", "MB read() to 1st step (at exit)"])
     for name, r in results.items():
         runs = [("first start", [r["first start"]])] + ([(f"restart (median of {len(r['restarts'])})",
                                                           r["restarts"])] if r["restarts"] else [])
@@ -315,20 +314,21 @@ def print_table(results: dict) -> None:
             first, end = med["first_step"], med["exit"]
             spread = (f" ({min(f['first_step']['seconds'] for f in figures):.1f}-"
                       f"{max(f['first_step']['seconds'] for f in figures):.1f})" if len(figures) > 1 else "")
-            print(f"| {name} | {r['records']:,} | {which} | {figures[0]['counts'] if name != 'synthetic' else '-'} | "
-                  f"{first['seconds']:.1f}{spread} | {_mb(first['read_bytes'])} ({_mb(end['read_bytes'])}) | "
-                  f"{_mb(first['rchar'])} ({_mb(end['rchar'])}) |")
+            table.add(name, f"{r['records']:,}", which, figures[0]["counts"] if name != "synthetic" else "-",
+                      f"{first['seconds']:.1f}{spread}", f"{_mb(first['read_bytes'])} ({_mb(end['read_bytes'])})",
+                      f"{_mb(first['rchar'])} ({_mb(end['rchar'])})")
     full, tenth = results["standard"], results["1/10"]
     if full["restarts"] and tenth["restarts"]:
         pairs = list(zip(full["restarts"], tenth["restarts"]))
         ratio = {k: _median([a["first_step"][k] / max(b["first_step"][k], 1e-9) for a, b in pairs])
                  for k in ("seconds", "read_bytes", "rchar")}
-        print(f"\nrestarts, standard / 1/10 (median of per-round ratios): time x{ratio['seconds']:.2f}, "
-              f"bytes from storage x{ratio['read_bytes']:.2f}, bytes read() x{ratio['rchar']:.2f}")
+        rep.note(f"Restarts, standard / 1/10 (median of per-round ratios): time x{ratio['seconds']:.2f}, "
+                 f"bytes from storage x{ratio['read_bytes']:.2f}, bytes read() x{ratio['rchar']:.2f}.")
     uncounted = [f["first_step"]["seconds"] for name, r in results.items()
                  for f in [r["first start"]] + r["restarts"] if "counted" not in f["counts"].split(", ")]
-    print(f"goal: no growth with the number of records; under 30 s to the first step on every start that "
-          f"counts nothing: slowest {max(uncounted):.1f} s, median {_median(uncounted):.1f} s")
+    rep.note(f"Starts that count nothing: slowest {max(uncounted):.1f} s to the first step, "
+             f"median {_median(uncounted):.1f} s.")
+    rep.print()
 
 
 def main(argv=None) -> int:
@@ -343,18 +343,17 @@ def main(argv=None) -> int:
     parser.add_argument("--restarts", type=int, default=3, help="restarts of each set after its first start")
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO_ROOT)
-    from benchmarks.timing import conditions, print_conditions
+    from benchmarks import report
 
+    rep = report.Report("Start-up on ImageNet-sized data", __file__, argv,
+                        run=f"main.py --model=b0 --strategy=cpu --hparams={HPARAMS}")
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="startup-")
-    load_before = os.getloadavg()
     try:
         results = run(work_dir, renamed=not args.no_renamed, restarts=args.restarts)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
-    print_conditions(conditions(**{"load average before (1, 5, 15 min)": "%.2f %.2f %.2f" % load_before,
-                                   "run": f"main.py --model=b0 --strategy=cpu --hparams={HPARAMS}"}))
-    print_table(results)
+    print_table(results, rep)
     return 0
 
 

@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import timing  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
 from efficientnetv2.train import optimizers  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
@@ -101,10 +101,12 @@ def main(argv=None):
             models[size].fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # Trace.
             calls[(size, batch)] = (lambda m, d: lambda: m.fit(d, steps_per_epoch=args.steps, epochs=1,
                                                                verbose=0))(models[size], data)
-    info = timing.conditions(model="b0 width 0.5 depth 0.5, 10 classes, RMSProp + EMA", steps_per_call=args.steps,
-                             repeats=args.repeats)
+    rep = report.Report("Train step by image size and batch",
+                        __file__, argv,
+                        model="b0 width 0.5 depth 0.5, 10 classes, RMSProp + EMA", steps_per_call=args.steps,
+                        repeats=args.repeats)
+    info = rep.conditions
     times = timing.interleave(calls, args.repeats)
-    info["load average after"] = "%.2f %.2f %.2f" % os.getloadavg()
     timing.print_conditions(info)
     rows = []
     for (size, batch), t in times.items():
@@ -112,8 +114,8 @@ def main(argv=None):
         ref = timing.median(times[(max(sizes), batch)]) / args.steps
         rows.append([size, batch, f"{step * 1e3:.0f}", f"{step / batch * 1e3:.2f}",
                      f"{(max(sizes) / size) ** 2:.2f}x", f"{ref / step:.2f}x"])
-    print(timing.markdown_table(["px", "batch", "ms/step", "ms/image", "fewer pixels than the largest",
-                                 "faster than the largest (same batch)"], rows))
+    rep.table(["px", "batch", "ms/step", "ms/image", "fewer pixels than the largest",
+               "faster than the largest (same batch)"]).extend(rows)
     for pair in filter(None, args.profile.split(",")):
         size, batch = (int(v) for v in pair.split("x"))
         model = models.get(size) or compiled_model(size)
@@ -123,11 +125,12 @@ def main(argv=None):
             profile = op_profile(model, data, args.profile_steps, logdir)
         thread_ms = sum(ms for ms, _ in profile.values())
         ops = sum(n for _, n in profile.values())
-        print(f"\n# op profile at {size} px, batch {batch}: {thread_ms:.0f} ms of op (thread) time and "
-              f"{ops:.0f} ops per step")
+        caption = (f"Op profile at {size} px, batch {batch}: {thread_ms:.0f} ms of op (thread) time and "
+                   f"{ops:.0f} ops per step.")
         top = sorted(profile.items(), key=lambda kv: -kv[1][0])[:args.top]
-        print(timing.markdown_table(["op type", "ms/step", "share", "ops/step", "us/op"], [
-            [kind, f"{ms:.1f}", f"{ms / thread_ms:.0%}", f"{n:.0f}", f"{ms / n * 1e3:.0f}"] for kind, (ms, n) in top]))
+        rep.table(["op type", "ms/step", "share", "ops/step", "us/op"], caption).extend(
+            [kind, f"{ms:.1f}", f"{ms / thread_ms:.0%}", f"{n:.0f}", f"{ms / n * 1e3:.0f}"] for kind, (ms, n) in top)
+    rep.print()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from absl import logging  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from efficientnetv2.io.input_pipeline import input_pipeline  # noqa: E402
 from efficientnetv2.train import training  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
@@ -179,6 +180,9 @@ def main(argv=None):
     epochs = {"baseline": args.baseline_epochs, "ours": runs["ours"].epochs}
     curves = {name: [] for name in runs}
     total = {name: 0.0 for name in runs}
+    rep = report.Report("Time to accuracy vs keras.applications", __file__, argv,
+                        evaluation=f"the whole validation split at {args.eval_size} px after every epoch, "
+                                   "not counted as training time")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f}; ours in {work}", flush=True)
     for epoch in range(max(epochs.values())):
@@ -200,22 +204,17 @@ def main(argv=None):
                   f"eval {time.perf_counter() - start:5.1f} s{extra}", flush=True)
     target = curves["baseline"][-1][1]
     reach = {name: time_to_reach(curves[name], target) for name in runs}
-    print()
-    print(f"On {args.data_dir}: eval {args.eval_size} px center crop, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"| run | epochs | train s | final val top-1 | best val top-1 | train s to reach {100 * target:.1f}% |")
-    print("|---|---|---|---|---|---|")
+    table = rep.table(["run", "epochs", "train s", "val top-1 after each epoch", "final val top-1",
+                       "best val top-1", f"train s to reach {100 * target:.1f}%"])
     for name in runs:
         best = max(t for _, t in curves[name])
         when = f"{reach[name]:.0f}" if reach[name] is not None else "not reached"
-        print(f"| {name} | {epochs[name]} | {total[name]:.0f} | {100 * curves[name][-1][1]:.1f}% | "
-              f"{100 * best:.1f}% | {when} |")
-    print(f"(ours' wall time with model building, checkpoint restore and save: {runs['ours'].wall:.0f} s)")
-    if reach["ours"] is not None:
-        ratio = reach["ours"] / reach["baseline"]
-        print(f"ours reaches the baseline's final top-1 in {ratio:.2f}x the baseline's training time "
-              f"(goal <= 0.5x: {'met' if ratio <= 0.5 else 'not met'})")
-    else:
-        print("ours does not reach the baseline's final top-1 (goal not met)")
+        if reach[name] is not None and name != "baseline":
+            when += f" ({reach[name] / reach['baseline']:.2f}x)"
+        table.add(name, epochs[name], f"{total[name]:.0f}", ", ".join(f"{100 * t:.1f}" for _, t in curves[name]),
+                  f"{100 * curves[name][-1][1]:.1f}%", f"{100 * best:.1f}%", when)
+    rep.note(f"Ours' wall time with model building, checkpoint restore and save: {runs['ours'].wall:.0f} s.")
+    rep.print()
     if args.plot:
         plot(args.plot, {f"keras.applications B0, {args.baseline_size} px, AdamW": curves["baseline"],
                          f"ours ({os.path.basename(args.hparams_file)})": curves["ours"]}, target,

@@ -121,3 +121,25 @@ def test_startup_benchmark_refuses_a_work_dir_folder_it_did_not_write(tmp_path):
     with pytest.raises(FileExistsError, match="runs exists and was not written by this benchmark"):
         startup.write_sets(str(tmp_path), renamed=False)
     assert (tmp_path / "runs" / "mine.txt").read_text() == "a user's file"
+
+
+# -- The markdown block every benchmark prints last (benchmarks/report.py). -------------------
+
+def test_report_prints_the_command_from_the_repo_root_the_conditions_and_the_tables(capsys):
+    from benchmarks import report
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "x.py")
+    rep = report.Report("A title", script, ["--steps", "2", "--name", "a b"], image_size=96)
+    table = rep.table(["run", "img/s"], "A caption.")
+    table.add("ours", "12.5")
+    with pytest.raises(ValueError, match="a row of 1 cells for a table of 2 columns"):
+        table.add("short")
+    rep.note("A note.")
+    rep.print()
+    out = capsys.readouterr().out
+    assert "# ours | 12.5\n" in out  # The row as it came, for a reader watching a long run.
+    block = out[out.index("### A title"):]
+    assert "`python benchmarks/x.py --steps 2 --name 'a b'`" in block
+    assert "- image_size: 96" in block and "- date: " in block and " before, " in block
+    assert "A caption.\n\n| run | img/s |\n|---|---|\n| ours | 12.5 |\n\nA note." in block
+    assert report.command("/elsewhere/y.py", []) == "python y.py"  # No folder of the machine it ran on.
