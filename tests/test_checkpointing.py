@@ -19,6 +19,7 @@ from efficientnetv2.io.checkpointing import (
     CheckpointError,
     RunCheckpoint,
     checkpoint_candidates,
+    find_checkpoint,
     random_states,
     read_weights,
     remove_temp_folders,
@@ -194,6 +195,45 @@ def test_fallback_returns_the_first_that_restores_and_names_the_damaged(tmp_path
         restore_with_fallback(str(tmp_path), broken)
     assert "\n" not in str(error.value)
     assert restore_with_fallback(str(tmp_path / "empty"), broken) is None
+
+
+@pytest.mark.parametrize("index, problem", [
+    (b"", "damaged (empty)"),
+    (bytes(range(256)), "damaged (unreadable: UnicodeDecodeError"),
+    (b'model_checkpoint_path: "ckpt-9"\nall_model_checkpoint_paths: "ckpt-9"\n', "damaged (it names ckpt-9, not on disk)"),
+])
+def test_a_damaged_index_falls_back_to_the_checkpoints_on_disk_naming_it(tmp_path, caplog, index, problem):
+    _, checkpoint = _tiny_checkpoint(tmp_path)
+    for step in (2, 3, 4):
+        checkpoint.save(epoch=step, global_step=step)
+    (tmp_path / "checkpoint").write_bytes(index)
+    newest = str(tmp_path / "ckpt-4")
+    expected = f"Checkpoint index {tmp_path / 'checkpoint'} is {problem}"
+
+    # Export and prediction: the candidates, without writing anything.
+    with caplog.at_level("WARNING"):
+        assert checkpoint_candidates(str(tmp_path)) == [newest, str(tmp_path / "ckpt-3"), str(tmp_path / "ckpt-2")]
+        assert find_checkpoint(str(tmp_path)) == newest
+    assert expected in caplog.text and "using the checkpoints on disk instead (ckpt-4, ckpt-3, ckpt-2)" in caplog.text
+    assert (tmp_path / "checkpoint").read_bytes() == index
+
+    # Training and evaluation: their manager reads the index when built, so it is rewritten first.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        model, restored = _tiny_checkpoint(tmp_path)
+        assert restored.restore_latest() == newest
+    assert restored.position == (4, 0)
+    assert f"Checkpoint index {tmp_path / 'checkpoint'} was {problem}" in caplog.text
+    assert tf.train.latest_checkpoint(str(tmp_path)) == newest
+    assert os.path.basename(restored.save(epoch=5, global_step=5)) == "ckpt-5"
+
+
+def test_a_damaged_index_without_checkpoints_is_removed_by_a_writer(tmp_path, caplog):
+    (tmp_path / "checkpoint").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        _, checkpoint = _tiny_checkpoint(tmp_path)
+    assert checkpoint.restore_latest() is None
+    assert not (tmp_path / "checkpoint").exists() and "no checkpoint is on disk; removed it" in caplog.text
 
 
 def test_explicit_damaged_checkpoint_is_one_line_naming_it(tmp_path):

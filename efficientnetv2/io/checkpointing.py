@@ -11,7 +11,8 @@ that epoch and goes on exactly where the run stopped.
 (``checkpoint``), so a kill during a save leaves the index pointing at the previous checkpoint.
 ``restore_latest`` also survives a damaged newest checkpoint (truncated or missing file): it warns,
 naming both, and falls back to the one before; it never silently starts from scratch over existing
-checkpoints. The candidates and the fallback are the module's functions ``checkpoint_candidates``
+checkpoints. A damaged index (empty, not text, naming no checkpoint on disk) is a warning naming it:
+the checkpoints on disk are used, and a writer rewrites the index from them. The candidates and the fallback are the module's functions ``checkpoint_candidates``
 and ``restore_with_fallback``, which export and prediction use too (one restore path).
 
 This module is the one reader of the project's checkpoints. Everything that restores a run goes
@@ -60,6 +61,7 @@ __all__ = [
     "find_checkpoint",
     "restore_checkpoint",
     "restore_with_fallback",
+    "read_index",
     "remove_temp_folders",
     "plain_variable",
 ]
@@ -117,6 +119,8 @@ class RunCheckpoint:
         self._averaged = {v.path: v for v in model.weights}  # What each ``ema`` entry averages.
         self.directory = directory
         self.chief = chief
+        if chief:
+            _repair_index(directory)
         write_dir = directory if chief else os.path.join(
             os.path.dirname(directory), f".worker-{worker_id}-tmp"
         )
@@ -407,9 +411,11 @@ def find_checkpoint(path):
         for folder in (os.path.join(path, "checkpoints"), path):
             if not tf.io.gfile.isdir(folder):
                 continue
-            latest = tf.train.latest_checkpoint(folder)
-            if latest:
-                return latest
+            state, problem = read_index(folder)
+            if state is not None:
+                return _listed(state)[0]
+            if problem is not None and _checkpoints_on_disk(folder):
+                return _checkpoints_on_disk(folder)[0]
             indexes = sorted(tf.io.gfile.glob(os.path.join(folder, "*.index")))
             if len(indexes) == 1:
                 return indexes[0][: -len(".index")]
@@ -424,19 +430,72 @@ def find_checkpoint(path):
 
 def checkpoint_candidates(directory):
     """The checkpoint prefixes in ``directory``, newest first: those its index (``checkpoint``) lists,
-    or, without a readable index, every ``ckpt-<N>`` with an ``.index`` file by decreasing N."""
+    or, without an index or with a damaged one (see ``read_index``), every ``ckpt-<N>`` with an
+    ``.index`` file by decreasing N."""
     if not tf.io.gfile.isdir(directory):
         return []
-    state = tf.train.get_checkpoint_state(directory)
-    candidates = []
-    if state is not None:
-        candidates = list(reversed(state.all_model_checkpoint_paths))
-        if state.model_checkpoint_path and state.model_checkpoint_path not in candidates:
-            candidates.insert(0, state.model_checkpoint_path)
-    if not candidates:
-        indexes = tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))
-        candidates = [i[: -len(".index")] for i in sorted(indexes, key=_number, reverse=True)]
-    return candidates
+    state, _ = read_index(directory)
+    return (_listed(state) if state is not None else []) or _checkpoints_on_disk(directory)
+
+
+def _listed(state):
+    """The checkpoints an index lists, newest first."""
+    listed = list(reversed(state.all_model_checkpoint_paths))
+    if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
+        listed.insert(0, state.model_checkpoint_path)
+    return listed
+
+
+def _checkpoints_on_disk(directory):
+    indexes = tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))
+    return [i[: -len(".index")] for i in sorted(indexes, key=_number, reverse=True)]
+
+
+def read_index(directory, warn=True):
+    """``(state, problem)`` of the checkpoint index ``directory/checkpoint``: ``(state, None)`` when it
+    reads and names a checkpoint that exists; ``(None, None)`` without one; ``(None, problem)`` when it
+    is damaged (empty, not text, naming only missing checkpoints), with a warning naming it: the
+    checkpoints on disk are used instead, as a kill or a full disk must not cost a run its work."""
+    index = os.path.join(directory, "checkpoint")
+    if not tf.io.gfile.exists(index):
+        return None, None
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError) as e:
+        state = None
+        problem = "empty" if tf.io.gfile.stat(index).length == 0 else f"unreadable: {_reason(e, 120)}"
+    else:
+        listed = sorted({os.path.basename(p) for p in [*state.all_model_checkpoint_paths,
+                                                          state.model_checkpoint_path] if p}) if state else []
+        if any(tf.io.gfile.exists(os.path.join(directory, name) + ".index") for name in listed):
+            return state, None
+        problem = f"it names {_few(listed)}, not on disk" if listed else "it names no checkpoint"
+        state = None
+    if warn:
+        on_disk = _checkpoints_on_disk(directory)
+        logging.warning("Checkpoint index %s is damaged (%s); using the checkpoints on disk instead (%s).", index,
+                        problem, _few(os.path.basename(p) for p in on_disk) if on_disk else "none")
+    return state, problem
+
+
+def _repair_index(directory):
+    """Rewrites a damaged index (``read_index``) from the checkpoints on disk, so that
+    ``tf.train.CheckpointManager``, which reads it when built, can be built; a no-op otherwise."""
+    _, problem = read_index(directory, warn=False)
+    if problem is None:
+        return
+    on_disk, index = _checkpoints_on_disk(directory), os.path.join(directory, "checkpoint")
+    if on_disk:
+        from tensorflow.python.checkpoint import checkpoint_management  # noqa: PLC0415 TF's own writer
+
+        checkpoint_management.update_checkpoint_state_internal(
+            directory, on_disk[0], list(reversed(on_disk)), save_relative_paths=True)
+        logging.warning("Checkpoint index %s was damaged (%s); rewrote it from the checkpoints on disk (%s).", index,
+                        problem, _few(os.path.basename(p) for p in on_disk))
+    else:  # It names nothing there is; without it the folder reads as one without checkpoints.
+        tf.io.gfile.remove(index)
+        logging.warning("Checkpoint index %s was damaged (%s) and no checkpoint is on disk; removed it.", index,
+                        problem)
 
 
 def restore_checkpoint(path, restore_fn):
