@@ -77,8 +77,12 @@ def main(argv):
     except training.Preempted as e:
         logging.warning("%s", e)
         return training.PREEMPTED_EXIT_CODE
+    except KeyboardInterrupt:
+        logging.error("Interrupted (Ctrl-C) without saving; what was written before is kept (a training run "
+                      "resumes from its last checkpoint with the same command).")
+        return 130  # 128 + SIGINT, as a shell reports it.
     except (ConfigError, CheckpointError, run_lock.RunLocked, training.NonFiniteLoss, training.DataExhausted,
-            OSError, ValueError, tf.errors.OpError) as e:
+            training.OutOfMemory, OSError, ValueError, tf.errors.OpError) as e:
         # One line saying what and where; the traceback only with --verbosity=1 or more.
         if logging.level_debug():
             logging.exception("%s: %s", type(e).__name__, _one_line(e))

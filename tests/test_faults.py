@@ -145,3 +145,39 @@ def test_every_checkpoint_damaged_refuses_to_start_over(tmp_path):
 def test_no_checkpoint_is_a_fresh_start(tmp_path):
     _, checkpoint = _tiny_checkpoint(tmp_path)
     assert checkpoint.restore_latest() is None
+
+
+class _Checkpoint:
+    """What the stop messages read of a RunCheckpoint: its reader's newest checkpoint."""
+
+    def __init__(self, latest):
+        self.reader = type("Reader", (), {"latest_checkpoint": latest})()
+
+
+def test_out_of_memory_names_the_batch_and_image_size_and_the_fix():
+    from efficientnetv2.train import schedules, training
+
+    class Model:
+        def fit(self, *args, **kwargs):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[512,24,192,192]")
+
+    params = schedules.StageParams(stage=1, num_stages=4, image_size=192, randaug_magnitude=5, mixup_alpha=0.0,
+                                   dropout_rate=0.1, batch_size=512, learning_rate_scale=1.0)
+    with pytest.raises(training.OutOfMemory) as error:
+        training._fit_epoch(Model(), None, 5, 10, None, [], 0, params, _Checkpoint("run/checkpoints/ckpt-50"))
+    assert str(error.value) == (
+        "out of memory in epoch 6 (stage 2/4) at global batch 512 and 192 px; lower train.batch_size (or "
+        "progressive.max_batch_size, or progressive.image_size_end) and rerun; the last good checkpoint is "
+        "run/checkpoints/ckpt-50")
+
+
+def test_a_nonfinite_loss_before_any_checkpoint_says_so():
+    from efficientnetv2.train import training
+
+    monitor = type("Monitor", (), {"nonfinite": float("nan")})()
+    params = type("Params", (), {"stage": 0, "image_size": 32})()
+    with pytest.raises(training.NonFiniteLoss) as error:
+        training._stop_on_nonfinite_loss(monitor, {}, 0, params, _Checkpoint(None))
+    assert "None" not in str(error.value)
+    assert str(error.value) == ("loss became nan in epoch 1 (stage 1, 32 px); stopped without saving; no checkpoint "
+                                "was saved yet. Lower train.lr_base or check the data.")

@@ -150,3 +150,16 @@ def test_a_run_folder_nested_with_the_data_folder_is_refused_before_any_work(tmp
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and f"--model_dir {model_dir} {where} the data folder --data_dir {data}" in errors[0]
         assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_an_interrupt_outside_the_saving_steps_is_one_line_and_exit_130(tmp_path, caplog, monkeypatch):
+    from efficientnetv2.train import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    assert _main_in_process("--mode=train", f"--model_dir={tmp_path / 'run'}", f"--hparams={tiny_hparams()}") == 130
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["Interrupted (Ctrl-C) without saving; what was written before is kept (a training run "
+                      "resumes from its last checkpoint with the same command)."]

@@ -54,3 +54,48 @@ def test_sigterm_saves_within_seconds_exits_distinctly_and_loses_no_step(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"step {step_in_epoch} of the epoch" in resumed.stderr
     assert_same_checkpoints(tmp_path / "straight", run_dir)
+
+
+def _signal_a_few_steps_in(process, signum):
+    progress, shown, deadline = re.compile(rb"\b([3-9]|1[0-5])/%d\b" % STEPS), b"", time.time() + 240
+    while not progress.search(shown) and process.poll() is None and time.time() < deadline:
+        shown = shown[-200:] + os.read(process.stdout.fileno(), 4096)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    return err.decode("utf-8", "replace")
+
+
+def test_ctrl_c_saves_the_exact_step_in_one_line_and_exits_as_a_preemption(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_main_command(run_dir), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    err = _signal_a_few_steps_in(process, signal.SIGINT)
+    assert process.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "Ctrl-C received: saving a checkpoint after the current step" in err
+    assert re.search(r"interrupted \(Ctrl-C\) in epoch 1 after step \d+/%d; checkpoint .*ckpt-\d+\. Run the same "
+                     r"command to resume\." % STEPS, err), err[-3000:]
+    _, values = checkpoint_values(run_dir)
+    assert 0 < int(values["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) < STEPS
+    assert not (run_dir / "run.lock").exists()
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_signal_handlers_are_restored():
+    from efficientnetv2.train import training
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with training._StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # Python runs the handler between bytecodes of the main thread.
+        assert stop.requested.is_set() and stop.stopped == "interrupted (Ctrl-C)"
+        os.kill(os.getpid(), signal.SIGTERM)  # A SIGTERM after the request changes nothing.
+        time.sleep(0.01)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            aborted = False
+        except KeyboardInterrupt:
+            aborted = True
+        assert aborted
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

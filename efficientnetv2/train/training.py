@@ -3,11 +3,12 @@
 ``train(config, model_dir, strategy)`` runs the whole job: it checks the config and finds the data
 before building anything, writes ``model_dir/config.yaml``, builds the model and optimizer in the
 strategy's scope, restores the latest checkpoint, then trains epoch by epoch (``fit`` once per epoch,
-see ``progressive``), saving a checkpoint after every epoch and on SIGTERM.
+see ``progressive``), saving a checkpoint after every epoch and on SIGTERM or Ctrl-C.
 
 Exit paths: returns normally when all epochs are done; raises ``Preempted`` after saving on SIGTERM
-(main.py exits with ``PREEMPTED_EXIT_CODE``); raises ``NonFiniteLoss`` when the loss is NaN or Inf,
-leaving the last good checkpoint as the newest.
+or a first Ctrl-C (main.py exits with ``PREEMPTED_EXIT_CODE``; a second Ctrl-C aborts without
+saving); raises ``NonFiniteLoss`` when the loss is NaN or Inf, leaving the last good checkpoint as
+the newest, and ``OutOfMemory`` naming the batch and image size when a step runs out of memory.
 
 With ``train.steps_per_execution`` = n > 1, Keras runs n steps per call of the train function and
 calls the callbacks once per call, so a SIGTERM or a NaN loss is acted on at the end of the
@@ -41,13 +42,13 @@ from hparams import config as config_lib
 datasets = input_pipeline()
 
 __all__ = ["train", "evaluate", "Plan", "make_plan", "Preempted", "NonFiniteLoss", "DataExhausted",
-           "PREEMPTED_EXIT_CODE"]
+           "OutOfMemory", "PREEMPTED_EXIT_CODE"]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" -- a restart resumes from the saved checkpoint.
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was saved and the run stopped."""
+    """SIGTERM or SIGINT (Ctrl-C) arrived; a checkpoint was saved and the run stopped."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,6 +57,10 @@ class NonFiniteLoss(RuntimeError):
 
 class DataExhausted(RuntimeError):
     """An epoch's training data ended before its planned steps (files gone or all undecodable)."""
+
+
+class OutOfMemory(RuntimeError):
+    """A training or evaluation step ran out of device or host memory (TensorFlow's ResourceExhaustedError)."""
 
 
 @dataclasses.dataclass
@@ -215,7 +220,7 @@ def _compile(config, plan, model):
     if plan.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     if config.train.optimizer != "adamw":
-        optimizers.add_weight_decay(model, config.train.weight_decay)
+        optimizers.add_weight_decay(model, config.train.weight_decay, config.train.weight_decay_on)
     loss, metrics = _loss_and_metrics(config, plan)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=plan.jit_compile,
                   steps_per_execution=plan.steps_per_execution)
@@ -273,8 +278,8 @@ def _check_config(config, model_dir, allow_config_change):
     if not checkpointing.checkpoint_candidates(os.path.join(model_dir, "checkpoints")):
         logging.info("%s is from an attempt that saved no checkpoint; this command's config replaces it.", path)
         return
-    with tf.io.gfile.GFile(path) as f:
-        previous = config_lib.from_dict(config_lib.yaml.safe_load(f.read()), source=path)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        previous = config_lib.from_yaml(f.read(), source=path)
     changed = config_lib.diff(previous, config)
     if changed and not allow_config_change:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -344,13 +349,13 @@ class _RunMonitor(keras.callbacks.Callback):
     last execution (with n = 1 it is exact).
     """
 
-    def __init__(self, global_batch, steps, first_step_in_epoch=0):
+    def __init__(self, global_batch, steps, first_step_in_epoch=0, stop=None):
         super().__init__()
         self.global_batch = global_batch
         self.first_step = self.step_in_epoch = first_step_in_epoch
         self.steps = steps  # of this fit call: the epoch's steps less those trained before a resume
         self.nonfinite = None
-        self.preempt_requested = threading.Event()
+        self.preempt_requested = stop.requested if stop is not None else threading.Event()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -430,16 +435,42 @@ def _examples_evaluated(model):
     return int(round(float(keras.ops.convert_to_numpy(tracker.count))))
 
 
-def _install_sigterm(monitor):
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _StopSignals:
+    """While training: SIGTERM (a preemption) and SIGINT (Ctrl-C) ask the run to stop after the current
+    step, which is then checkpointed; a second Ctrl-C aborts at once (``KeyboardInterrupt``), for a
+    user who would rather lose the step than wait for it."""
 
-    def handler(signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint after the current step (or execution of "
-                        "train.steps_per_execution steps), then stopping.")
-        monitor.preempt_requested.set()
+    NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
-    return signal.signal(signal.SIGTERM, handler)
+    def __init__(self):
+        self.requested = threading.Event()
+        self.received = None
+        self._previous = {}
+
+    @property
+    def stopped(self):
+        """How a message says why the run stopped: "preempted" (SIGTERM) or "interrupted (Ctrl-C)"."""
+        return "interrupted (Ctrl-C)" if self.received == signal.SIGINT else "preempted"
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python installs handlers only there.
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.NAMES}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum, frame):
+        if self.requested.is_set():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt("second Ctrl-C")
+            return
+        self.received = signum
+        logging.warning("%s received: saving a checkpoint after the current step (or execution of "
+                        "train.steps_per_execution steps), then stopping%s.", self.NAMES[signum],
+                        "; Ctrl-C again aborts at once without saving" if signum == signal.SIGINT else "")
+        self.requested.set()
 
 
 def _batches_per_step(context):
@@ -493,7 +524,9 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
     best = _BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if evaluate_each_epoch else None
     validation = _ValidationScalars(os.path.join(model_dir, "logs", "validation")) if best and chief else None
     end = config.train.epochs if max_epochs is None else min(config.train.epochs, epoch + max_epochs)
-    try:
+    with _StopSignals() as stop, contextlib.ExitStack() as closing:
+        for board in tensorboard:  # One events file per run (keras_compat.RunTensorBoard).
+            closing.callback(board.close)
         logs = {}
         while epoch < end:
             params = stages.stage_for_epoch(epoch)
@@ -501,15 +534,16 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
             if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
                 stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
                                    params, int(optimizer.iterations.numpy()))
-            monitor = _RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch)
+            monitor = _RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch,
+                                  stop=stop)
             header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
                       f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
             logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
                               steps - step_in_epoch, monitor,
                               [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(callbacks),
-                              verbose if chief else 0)
+                              verbose if chief else 0, params, checkpoint)
             _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
-            _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position)
+            _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position, stop)
             _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
             epoch, step_in_epoch = epoch + 1, 0
             path = checkpoint.save(epoch, 0)
@@ -523,13 +557,10 @@ def _train(config, model_dir, strategy, plan, source, device, chief, evaluate_ea
                 epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
                 ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
             )
-            if monitor.preempt_requested.is_set():
-                raise Preempted(f"preempted at the end of epoch {epoch}; checkpoint {path}. Run the same "
+            if stop.requested.is_set():
+                raise Preempted(f"{stop.stopped} at the end of epoch {epoch}; checkpoint {path}. Run the same "
                                 "command to resume.")
         return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": logs}
-    finally:
-        for board in tensorboard:  # One events file per run (keras_compat.RunTensorBoard).
-            board.close()
 
 
 def _log_run(config, strategy, plan, source, device):
@@ -600,6 +631,7 @@ def _epoch_data(config, plan, source, strategy, position=None):
                 randaug_magnitude=params.randaug_magnitude,
                 randaug_num_layers=config.data.randaug_num_layers,
                 randaug_pixel_scale=config.data.randaug_pixel_scale,
+                crop_area_min=config.data.crop_area_min,
                 mixup_alpha=params.mixup_alpha,
                 cutmix_alpha=config.data.cutmix_alpha,
                 seed=config.train.seed,
@@ -637,7 +669,8 @@ def _augmented_images(config, source, params, epoch, count):
     dataset = datasets.build_train_dataset(
         source, batch_size=count, image_size=params.image_size, randaug_magnitude=params.randaug_magnitude,
         randaug_num_layers=config.data.randaug_num_layers,
-        randaug_pixel_scale=config.data.randaug_pixel_scale, mixup_alpha=params.mixup_alpha,
+        randaug_pixel_scale=config.data.randaug_pixel_scale, crop_area_min=config.data.crop_area_min,
+        mixup_alpha=params.mixup_alpha,
         cutmix_alpha=config.data.cutmix_alpha, seed=config.train.seed, epoch=epoch,
     )
     for x, _ in dataset.take(1):
@@ -645,17 +678,26 @@ def _augmented_images(config, source, params, epoch, count):
     return None  # Fewer than ``count`` training examples.
 
 
-def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose):
-    """One epoch of ``fit`` (SIGTERM asks ``monitor`` to stop after the current execution: the current
-    step, or with ``train.steps_per_execution`` = n the current n steps); its last logs."""
-    previous_handler = _install_sigterm(monitor)
+def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose, params, checkpoint):
+    """One epoch of ``fit`` (a stop signal asks ``monitor`` to stop after the current execution: the
+    current step, or with ``train.steps_per_execution`` = n the current n steps); its last logs. Out of
+    memory is ``OutOfMemory`` naming the stage's batch and image size and what to lower."""
     try:
         history = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
                             callbacks=callbacks, verbose=verbose, shuffle=False)
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+    except tf.errors.ResourceExhaustedError as e:
+        raise OutOfMemory(
+            f"out of memory in epoch {epoch + 1} (stage {params.stage + 1}/{params.num_stages}) at global "
+            f"batch {params.batch_size} and {params.image_size} px; lower train.batch_size (or "
+            "progressive.max_batch_size, or progressive.image_size_end) and rerun; "
+            f"{_last_checkpoint(checkpoint)}"
+        ) from e
     return {k: float(v[-1]) for k, v in history.history.items() if v}
+
+
+def _last_checkpoint(checkpoint):
+    latest = checkpoint.reader.latest_checkpoint
+    return f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
 
 
 def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
@@ -663,18 +705,17 @@ def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
         raise NonFiniteLoss(
             f"loss became {monitor.nonfinite if monitor.nonfinite is not None else logs.get('loss')} "
             f"in epoch {epoch + 1} (stage {params.stage + 1}, {params.image_size} px); stopped without "
-            f"saving. The last good checkpoint is {checkpoint.reader.latest_checkpoint}. Lower "
-            "train.lr_base or check the data."
+            f"saving; {_last_checkpoint(checkpoint)}. Lower train.lr_base or check the data."
         )
 
 
-def _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position):
-    """SIGTERM before the epoch's end (of ``steps``): save the position inside the epoch (with the
+def _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position, stop):
+    """SIGTERM or Ctrl-C before the epoch's end (of ``steps``): save the position inside the epoch (with the
     records each input pipeline used, see ``data_position``) and stop."""
     if monitor.preempt_requested.is_set() and monitor.step_in_epoch < steps:
         path = checkpoint.save(epoch, monitor.step_in_epoch, data_position=position.rows(monitor.batches))
         raise Preempted(
-            f"preempted in epoch {epoch + 1} after step {monitor.step_in_epoch}/{steps}; "
+            f"{stop.stopped} in epoch {epoch + 1} after step {monitor.step_in_epoch}/{steps}; "
             f"checkpoint {path}. Run the same command to resume."
         )
 
@@ -686,8 +727,7 @@ def _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint):
             f"{steps} steps ({int(logs.get('skipped_images', 0))} images skipped as "
             f"undecodable and {int(logs.get('skipped_shards', 0))} TFRecord shards cut short as corrupt "
             f"in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
-            f"change? Not saving this epoch; the last good checkpoint is "
-            f"{checkpoint.reader.latest_checkpoint}."
+            f"change? Not saving this epoch; {_last_checkpoint(checkpoint)}."
         )
 
 
