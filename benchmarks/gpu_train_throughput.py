@@ -332,7 +332,7 @@ def main(argv=None):
     for name in [v for v in args.variants.split(",") if v]:
         spec = get_variant(name)
         sizes = {
-            "train": args.image_size or spec.train_size,
+            "train": args.image_size or spec.image_size.end,
             "infer": args.eval_image_size or args.image_size or spec.eval_size,
         }
         overrides = dict(width=args.width, depth=args.depth, blocks=args.blocks,

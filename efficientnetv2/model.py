@@ -84,7 +84,7 @@ def build_model(
     depth = spec.depth if depth is None else depth
     stages = block_strings.decode_all(blocks) if blocks is not None else spec.block_args
     stages = [s.scaled(width, depth) for s in stages]
-    dropout_rate = spec.dropout_rate if dropout_rate is None else dropout_rate
+    dropout_rate = spec.dropout.end if dropout_rate is None else dropout_rate
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     if not 0.0 <= drop_path_rate < 1.0:

@@ -1,15 +1,16 @@
 """The EfficientNetV2 family as named records (PAPER.md section 2 and the progressive table of section 1).
 
-Each ``VariantSpec`` holds the stage block strings, the width/depth multipliers, the default training
-and evaluation image sizes, the head's dropout rate, the input normalization keras.applications uses,
-and the progressive-learning ranges (image size, RandAugment magnitude, mixup alpha, dropout rate,
-each from the first stage's value to the last's).
+Each ``VariantSpec`` holds the stage block strings, the width/depth multipliers, the evaluation image
+size, the input normalization keras.applications uses, and the progressive-learning ranges (image
+size, RandAugment magnitude, mixup alpha, head dropout rate, each from the first stage's value to the
+last's). The training size and the head's dropout rate are those ranges' ends, held once.
 
 Progressive ranges: S, M and L are the paper's Table 6. The paper gives none for XL and B0-B3; our
 choice, documented here:
 - XL takes L's regularization ranges (it is L made deeper and wider) and grows 128 -> 384.
 - B0-B3 grow from 128 to their training size; being small, they get weaker regularization than S:
-  RandAugment 5 -> 10 (B0, B1) or 5 -> 15 (B2, B3), no mixup, dropout 0.1 -> their head dropout.
+  RandAugment 5 -> 10 (B0, B1) or 5 -> 15 (B2, B3), no mixup, dropout 0.1 -> the reference's head
+  dropout.
 """
 
 import dataclasses
@@ -44,9 +45,7 @@ class VariantSpec:
     blocks: tuple
     width: float
     depth: float
-    train_size: int
     eval_size: int
-    dropout_rate: float
     preprocessing: str  # "imagenet_mean_std" (B0-B3) or "minus_one_to_one" (S, M, L, XL)
     image_size: Range
     randaug_magnitude: Range
@@ -66,9 +65,7 @@ def _b(name, width, depth, train, evaluate, dropout, randaug_end):
         blocks=_B_BLOCKS,
         width=width,
         depth=depth,
-        train_size=train,
         eval_size=evaluate,
-        dropout_rate=dropout,
         preprocessing="imagenet_mean_std",
         image_size=Range(128, train),
         randaug_magnitude=Range(5, randaug_end),
@@ -95,9 +92,7 @@ VARIANTS = {
         ),
         width=1.0,
         depth=1.0,
-        train_size=300,
         eval_size=384,
-        dropout_rate=0.3,
         preprocessing="minus_one_to_one",
         image_size=Range(128, 300),
         randaug_magnitude=Range(5, 15),
@@ -118,9 +113,7 @@ VARIANTS = {
         ),
         width=1.0,
         depth=1.0,
-        train_size=380,
         eval_size=480,
-        dropout_rate=0.4,
         preprocessing="minus_one_to_one",
         image_size=Range(128, 380),
         randaug_magnitude=Range(5, 20),
@@ -141,9 +134,7 @@ VARIANTS = {
         ),
         width=1.0,
         depth=1.0,
-        train_size=380,
         eval_size=480,
-        dropout_rate=0.5,
         preprocessing="minus_one_to_one",
         image_size=Range(128, 380),
         randaug_magnitude=Range(5, 25),
@@ -164,9 +155,7 @@ VARIANTS = {
         ),
         width=1.0,
         depth=1.0,
-        train_size=384,
         eval_size=512,
-        dropout_rate=0.5,
         preprocessing="minus_one_to_one",
         image_size=Range(128, 384),
         randaug_magnitude=Range(5, 25),

@@ -3,19 +3,19 @@
 Order of precedence (later wins): the defaults below (the paper's ImageNet recipe, PAPER.md section 1)
 -> the dataset's named file (``hparams/<dataset>.yaml``) -> a user file (``--hparams_file``) ->
 command-line overrides (``--hparams="train.epochs=30,train.batch_size=64"``). Files hold only what
-differs from what comes before them. Every key is checked: an unknown key or a value of the wrong
-type is refused with ``ConfigError`` naming the key, the value and the nearest valid keys, before any
-work starts. ``validate`` then checks the rules between values (sizes, epochs, batch).
+differs from what comes before them. Each key's type, choices and range sit beside its field
+(``setting``); every value set from a file or the command line is checked against them, and an
+unknown key, a wrong type or a value out of range is refused with ``ConfigError`` naming the key, the
+value and the rule (or the nearest valid keys) before any work starts. ``validate`` checks the same
+rules on the whole tree, then the rules between values (sizes, batch and replicas).
 
 Sizes are pixels, epochs are epochs, batch sizes are global (all replicas together).
 
-Why a typed tree of dataclasses and not ``ml_collections.ConfigDict`` (which has locked dotted
-overrides and ``config_flags``): the fields here carry their types, and ``Optional[int]`` and the
-choices of ``CHOICES`` are checked when a value is set, from a file or the command line alike, with
-the nearest valid key named; a ConfigDict infers a field's type from its default, so an optional
-size (``None`` by default) would take any type. Earlier versions' keys are translated or refused
-with their replacement (``REMOVED_KEYS``), and ``diff`` compares a resumed run's saved config with
-the command's. It costs about 200 lines and no dependency.
+Why not ``ml_collections.ConfigDict``: it has locked dotted overrides, typed placeholders
+(``config_dict.placeholder(int)``) and ``config_flags``, but not what a run that lasts days needs
+here: earlier versions' keys translated in a run's saved config or refused with their replacement
+(``REMOVED_KEYS``), the diff between a resumed run's saved config and the command's (``diff``), and
+YAML files that hold only what differs. With those, a dataclass tree costs no more and no dependency.
 """
 
 import dataclasses
@@ -49,26 +49,65 @@ __all__ = [
 HPARAMS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-# Larger images are a typo (a size of 100000 px would exhaust memory long after the run started).
-MAX_IMAGE_SIZE = 1024
+# Upper bounds of sizes and counts. Each lies well above any published run and far below what ends in
+# an allocator failure, or a build that runs for minutes and crashes: a value past one is a typo.
+MAX_IMAGE_SIZE = 1024  # pixels; the paper's largest is 512.
+MAX_BATCH_SIZE = 65536  # global; ImageNet on a whole TPU pod trains at 4096 to 65536.
+MAX_MULTIPLIER = 8.0  # width and depth; EfficientNet-L2, the largest published, is 4.3 wide and 5.3 deep.
+MAX_EPOCHS = 10_000  # the paper trains 350; a few thousand fine-tune a tiny dataset.
+MAX_STEPS = 10_000_000  # per epoch or evaluation; ImageNet's 1.28M images at batch 1 are 1.28M steps.
+MAX_RANDAUG_MAGNITUDE = 30.0  # datasets/randaugment.MAX_MAGNITUDE (this module imports no TensorFlow).
 
 
 class ConfigError(ValueError):
     """A configuration key, value or combination that cannot be used."""
 
 
+def _number(bound):
+    return str(int(bound)) if float(bound).is_integer() else repr(bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric key: each side closed (``at_least``, ``at_most``), open or absent."""
+
+    at_least: typing.Optional[float] = None
+    above: typing.Optional[float] = None
+    at_most: typing.Optional[float] = None
+    below: typing.Optional[float] = None
+
+    def holds(self, value):
+        return ((self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
+                and (self.at_most is None or value <= self.at_most) and (self.below is None or value < self.below))
+
+    def __str__(self):
+        sides = [f"{sign} {_number(bound)}" for sign, bound in
+                 ((">=", self.at_least), (">", self.above), ("<=", self.at_most), ("<", self.below)) if bound is not None]
+        return " and ".join(sides)
+
+
+def setting(default, *, choices=None, auto_or_count=False, **bounds):
+    """A config field with its rules beside it: ``choices`` (a str key), ``auto_or_count`` (a str key
+    holding "auto" or a count), and the numeric range (``Bounds``' keywords)."""
+    metadata = {"choices": choices, "auto_or_count": auto_or_count, "bounds": Bounds(**bounds) if bounds else None}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class ModelConfig:
     variant: str = "s"
     # Overrides of the variant's architecture (None keeps the variant's), e.g. for tiny models.
-    width: typing.Optional[float] = None
-    depth: typing.Optional[float] = None
+    width: typing.Optional[float] = setting(None, above=0, at_most=MAX_MULTIPLIER)
+    depth: typing.Optional[float] = setting(None, above=0, at_most=MAX_MULTIPLIER)
     blocks: typing.Optional[str] = None
-    head_filters: int = 1280
-    drop_path_rate: float = 0.2
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
+    # Before width scaling; 16384 is twelve times the largest variant's.
+    head_filters: int = setting(1280, at_least=1, at_most=16384)
+    drop_path_rate: float = setting(0.2, at_least=0, below=1)
+    bn_momentum: float = setting(0.99, at_least=0, below=1)
+    bn_epsilon: float = setting(1e-3, above=0, at_most=1)
     synchronized_bn: bool = False
+    # Residual blocks start as the identity (their last batch norm's scale at 0): faster from scratch.
+    zero_init_residual: bool = False
 
 
 @dataclasses.dataclass
@@ -76,61 +115,70 @@ class DataConfig:
     # "auto" picks "synthetic" without a data_dir, else detects the format; see datasets.get_source.
     dataset: str = "auto"
     data_dir: typing.Optional[str] = None
-    randaug_num_layers: int = 2
+    # Ops are drawn with replacement, each a pass over the image: more than 16 only costs time.
+    # The training crop's smallest share of the image's area (Inception-style random-resized crop:
+    # 0.08 as the paper; short runs learn faster from larger crops, e.g. 0.35).
+    crop_area_min: float = setting(0.08, above=0, at_most=1)
+    randaug_num_layers: int = setting(2, at_least=0, at_most=16)
     # Multiplies RandAugment's two pixel-valued ops (translate, cutout; datasets/randaugment.py): 1
     # is the reference's units, set for the paper's 128-380 px; k for a run at k x those sizes.
-    randaug_pixel_scale: float = 1.0
-    cutmix_alpha: float = 0.0
+    randaug_pixel_scale: float = setting(1.0, above=0, at_most=MAX_IMAGE_SIZE / 128)
+    cutmix_alpha: float = setting(0.0, at_least=0)
     # "grpc://HOST:PORT" of a tf.data service dispatcher: the training pipeline runs on its workers
     # (datasets/service.py); "" preprocesses on this host.
     service_address: str = ""
     # > 0: evaluate on this many training records held out (never trained on) instead of the
     # validation shards, the paper's ImageNet-21k split (datasets/holdout.py); TFRecord data only.
-    holdout_examples: int = 0
+    holdout_examples: int = setting(0, at_least=0)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 350
-    batch_size: int = 4096
+    epochs: int = setting(350, at_least=1, at_most=MAX_EPOCHS)
+    batch_size: int = setting(4096, at_least=1, at_most=MAX_BATCH_SIZE)
     # None: the dataset's size // batch_size.
-    steps_per_epoch: typing.Optional[int] = None
-    optimizer: str = "rmsprop"
-    rmsprop_rho: float = 0.9
-    momentum: float = 0.9
-    epsilon: float = 1e-3
+    steps_per_epoch: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_STEPS)
+    optimizer: str = setting("rmsprop", choices=("rmsprop", "sgd", "adamw"))
+    rmsprop_rho: float = setting(0.9, at_least=0, below=1)
+    momentum: float = setting(0.9, at_least=0, below=1)
+    # The optimizer's denominator term: 0 divides by a vanishing second moment (a NaN loss).
+    epsilon: float = setting(1e-3, above=0, at_most=1)
     # Peak learning rate = lr_base * batch_size / lr_base_batch_size (linear scaling).
-    lr_base: float = 0.256
-    lr_base_batch_size: int = 4096
-    lr_schedule: str = "exponential"
-    warmup_epochs: float = 5.0
-    lr_decay_rate: float = 0.97
-    lr_decay_epochs: float = 2.4
-    lr_min: float = 0.0
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
+    lr_base: float = setting(0.256, at_least=0)
+    lr_base_batch_size: int = setting(4096, at_least=1, at_most=MAX_BATCH_SIZE)
+    lr_schedule: str = setting("exponential", choices=("exponential", "cosine", "constant"))
+    warmup_epochs: float = setting(5.0, at_least=0, at_most=MAX_EPOCHS)
+    lr_decay_rate: float = setting(0.97, above=0, at_most=1)
+    lr_decay_epochs: float = setting(2.4, above=0, at_most=MAX_EPOCHS)
+    lr_min: float = setting(0.0, at_least=0)
+    weight_decay: float = setting(1e-5, at_least=0, below=1)
+    # Which weights decay: "kernels" (conv, depthwise and dense kernels, as the reference release) or
+    # "all" (batch norm's scale and offset and biases too, as Keras' AdamW by default).
+    weight_decay_on: str = setting("kernels", choices=("kernels", "all"))
+    label_smoothing: float = setting(0.1, at_least=0, below=1)
     # "softmax" cross-entropy (multi-label targets normalized to sum to 1, the paper's ImageNet-21k
     # loss), or "sigmoid" (one binary cross-entropy per class).
-    loss: str = "softmax"
+    loss: str = setting("softmax", choices=("softmax", "sigmoid"))
     # EMA of the weights used for evaluation and export; 0 disables it.
-    ema_decay: float = 0.9999
+    ema_decay: float = setting(0.9999, at_least=0, below=1)
     # "auto": mixed_bfloat16 on TPU, mixed_float16 on GPU, float32 on CPU.
-    mixed_precision: str = "auto"
+    mixed_precision: str = setting("auto", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))
     # "auto": XLA on TPU and GPU; off on CPU (see README for the measurement).
-    jit_compile: str = "auto"
+    jit_compile: str = setting("auto", choices=("auto", "true", "false"))
     # Train steps per host round trip (``model.compile(steps_per_execution=...)``): an integer >= 1, or
     # "auto": min(100, the fewest steps of a stage's epoch) on TPU, 1 on CPU and GPU. SIGTERM, a NaN
     # stop and the progress bar act at the end of an execution (README, beside the strategies).
-    steps_per_execution: str = "auto"
-    seed: int = 0
+    steps_per_execution: str = setting("auto", auto_or_count=True, at_least=1, at_most=MAX_STEPS)
+    # NumPy's seeds are unsigned 32-bit.
+    seed: int = setting(0, at_least=0, at_most=2**32 - 1)
     deterministic: bool = False
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = setting(3, at_least=1)
     init_checkpoint: str = ""
     # Largest total size an init_checkpoint archive (.tar/.tgz/.zip) may unpack to, in MiB.
-    max_archive_mb: int = 4096
+    max_archive_mb: int = setting(4096, at_least=1)
     # Augmented training images written to TensorBoard (logs/stage_images) at the start of each
-    # progressive stage; 0 writes none.
-    log_stage_images: int = 4
+    # progressive stage; 0 writes none. They are one batch of a pipeline of their own: a grid's worth.
+    log_stage_images: int = setting(4, at_least=0, at_most=64)
 
 
 @dataclasses.dataclass
@@ -141,37 +189,38 @@ class ProgressiveConfig:
     RandAugment magnitude, mixup alpha, dropout), which is training without progressive learning.
     """
 
-    num_stages: int = 4
-    image_size_start: typing.Optional[int] = None
-    image_size_end: typing.Optional[int] = None
-    randaug_start: typing.Optional[float] = None
-    randaug_end: typing.Optional[float] = None
-    mixup_start: typing.Optional[float] = None
-    mixup_end: typing.Optional[float] = None
-    dropout_start: typing.Optional[float] = None
-    dropout_end: typing.Optional[float] = None
+    # Every stage trains at least an epoch.
+    num_stages: int = setting(4, at_least=1, at_most=MAX_EPOCHS)
+    image_size_start: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_IMAGE_SIZE)
+    image_size_end: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_IMAGE_SIZE)
+    randaug_start: typing.Optional[float] = setting(None, at_least=0, at_most=MAX_RANDAUG_MAGNITUDE)
+    randaug_end: typing.Optional[float] = setting(None, at_least=0, at_most=MAX_RANDAUG_MAGNITUDE)
+    mixup_start: typing.Optional[float] = setting(None, at_least=0)
+    mixup_end: typing.Optional[float] = setting(None, at_least=0)
+    dropout_start: typing.Optional[float] = setting(None, at_least=0, below=1)
+    dropout_end: typing.Optional[float] = setting(None, at_least=0, below=1)
     # Round stage image sizes to a multiple of this (0: no rounding); the last stage is exact.
-    round_image_size_to: int = 8
+    round_image_size_to: int = setting(8, at_least=0, at_most=MAX_IMAGE_SIZE)
     # Per-stage global batch: "none" trains every stage at train.batch_size; "pixels" gives a stage at
     # size S the batch train.batch_size * (S_e / S)^2 (as many pixels per step as the last stage),
     # capped at max_batch_size (None: no cap), rounded down to a multiple of 8 and of the replica
     # count, never below train.batch_size; its learning rate and steps per epoch follow the batch.
-    batch_scaling: str = "none"
-    max_batch_size: typing.Optional[int] = None
+    batch_scaling: str = setting("none", choices=("none", "pixels"))
+    max_batch_size: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_BATCH_SIZE)
     # How a scaled stage's learning rate follows its batch: "linear" (lr ~ batch), "sqrt"
     # (lr ~ sqrt(batch)), or "auto": the optimizer's rule (efficientnetv2/train/schedules.LR_BATCH_RULES).
-    lr_batch_rule: str = "auto"
+    lr_batch_rule: str = setting("auto", choices=("auto", "linear", "sqrt"))
 
 
 @dataclasses.dataclass
 class EvalConfig:
     # None: the variant's evaluation size.
-    image_size: typing.Optional[int] = None
-    batch_size: int = 64
+    image_size: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_IMAGE_SIZE)
+    batch_size: int = setting(64, at_least=1, at_most=MAX_BATCH_SIZE)
     # None: the whole evaluation split.
-    steps: typing.Optional[int] = None
+    steps: typing.Optional[int] = setting(None, at_least=1, at_most=MAX_STEPS)
     # Largest image file --mode=predict reads, in MiB (larger files are refused, not read).
-    max_image_mb: int = 64
+    max_image_mb: int = setting(64, at_least=1)
 
 
 @dataclasses.dataclass
@@ -183,29 +232,37 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-CHOICES = {
-    "train.optimizer": ("rmsprop", "sgd", "adamw"),
-    "train.lr_schedule": ("exponential", "cosine", "constant"),
-    "train.loss": ("softmax", "sigmoid"),
-    "train.mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "train.jit_compile": ("auto", "true", "false"),
-    "progressive.batch_scaling": ("none", "pixels"),
-    "progressive.lr_batch_rule": ("auto", "linear", "sqrt"),
-}
-# String keys that hold "auto" or a count (stored as its decimal string).
-AUTO_OR_COUNT = ("train.steps_per_execution",)
-
-
-def _all_keys(node=None, prefix=""):
-    node = node if node is not None else Config()
-    keys = []
+def _leaves(node, prefix=""):
+    """``(key, value, field)`` of every leaf of a config tree, in order."""
     for field in dataclasses.fields(node):
         value = getattr(node, field.name)
         if dataclasses.is_dataclass(value):
-            keys += _all_keys(value, f"{prefix}{field.name}.")
+            yield from _leaves(value, f"{prefix}{field.name}.")
         else:
-            keys.append(f"{prefix}{field.name}")
-    return keys
+            yield f"{prefix}{field.name}", value, field
+
+
+def _all_keys():
+    return [key for key, _, _ in _leaves(Config())]
+
+
+def _optional(annotation):
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation)
+
+
+def _check(key, value, field):
+    """ConfigError naming the key, the value and the rule unless ``value`` keeps ``field``'s rules."""
+    choices, bounds = field.metadata.get("choices"), field.metadata.get("bounds")
+    if value is None:
+        return
+    if field.metadata.get("auto_or_count"):
+        if value != "auto" and not (value.isdigit() and bounds.holds(int(value))):
+            raise ConfigError(f"config key {key!r} got {value!r}; expected 'auto' or an integer {bounds}")
+    elif choices and value not in choices:
+        raise ConfigError(f"config key {key!r} got {value!r}; expected one of {list(choices)}")
+    elif bounds and not bounds.holds(value):
+        raise _rule(key, value, f"must be {bounds}{' (or None for the default)' if _optional(field.type) else ''}")
 
 
 # Keys of earlier versions: what replaces each. A user's file or override naming one is refused with
@@ -228,11 +285,9 @@ def _unknown_key(key, valid):
     return ConfigError(f"unknown config key {key!r}{hint} (valid keys: see hparams/config.py)")
 
 
-def _coerce(key, value, annotation):
+def _coerce(key, value, annotation, field):
     """``value`` converted to the field's type, or ConfigError naming key and value."""
-    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
-        annotation
-    )
+    optional = _optional(annotation)
     base = [a for a in typing.get_args(annotation) if a is not type(None)][0] if optional else annotation
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and optional):
         if optional:
@@ -271,14 +326,9 @@ def _coerce(key, value, annotation):
             value = str(value).lower()
         if isinstance(value, (str, int, float)):
             value = str(value).strip()
-            if key in AUTO_OR_COUNT:
-                if value.lower() != "auto" and not (value.isdigit() and int(value) >= 1):
-                    raise ConfigError(f"config key {key!r} got {value!r}; expected 'auto' or an integer >= 1")
-                return value.lower() if value.lower() == "auto" else str(int(value))
-            choices = CHOICES.get(key)
-            if choices and value.lower() not in choices:
-                raise ConfigError(f"config key {key!r} got {value!r}; expected one of {list(choices)}")
-            return value.lower() if choices else value
+            if field.metadata.get("auto_or_count") and value.isdigit():
+                return str(int(value))  # "007" -> "7"
+            return value.lower() if field.metadata.get("choices") or field.metadata.get("auto_or_count") else value
     raise ConfigError(
         f"config key {key!r} expects {getattr(base, '__name__', base)}"
         f"{' or None' if optional else ''}, got {value!r} ({type(value).__name__})"
@@ -293,8 +343,10 @@ def _set(config, key, value):
     node = config
     for part in path:
         node = getattr(node, part)
-    hints = typing.get_type_hints(type(node))
-    setattr(node, leaf, _coerce(key, value, hints[leaf]))
+    field = {f.name: f for f in dataclasses.fields(node)}[leaf]
+    value = _coerce(key, value, typing.get_type_hints(type(node))[leaf], field)
+    _check(key, value, field)
+    setattr(node, leaf, value)
 
 
 def _flatten(tree, prefix="", source="config"):
@@ -320,15 +372,51 @@ def apply_mapping(config, tree, source="config"):
     return config
 
 
-def read_yaml(path):
-    """A YAML file read with the safe loader (no Python objects can be constructed)."""
+def _yaml_problem(error):
+    """A YAML error in one line: what, and where in the file."""
+    mark = getattr(error, "problem_mark", None)
+    if getattr(error, "problem", None) and mark is not None:
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
+def parse_yaml(data, source, saved=False):
+    """The mapping in YAML ``data`` (bytes or text) read from ``source`` with the safe loader (no Python
+    objects can be constructed), or ConfigError naming the file and what is wrong with it. A user's
+    file may be empty; a run's ``saved`` config lists every key, so an empty one is damaged."""
+    if isinstance(data, bytes):
+        if b"\0" in data:
+            raise ConfigError(f"config file {source!r} is binary, not YAML text")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ConfigError(f"config file {source!r} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                              "save it as UTF-8") from None
+    try:
+        tree = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {source!r} is not valid YAML: {_yaml_problem(e)}") from None
+    if tree is None and saved:
+        raise ConfigError(f"config file {source!r} is empty; a run's saved config lists every key")
+    if tree is not None and not isinstance(tree, dict):
+        raise ConfigError(f"config file {source!r} holds a {type(tree).__name__}, not a mapping of sections "
+                          "(model:, train:, ...)")
+    return tree or {}
+
+
+def read_yaml(path, saved=False):
+    """The mapping in the YAML file ``path`` (see ``parse_yaml``)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a directory, not a YAML file")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path) as f:
-        try:
-            return yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {e.strerror}") from None
+    return parse_yaml(data, path, saved=saved)
 
 
 def _split_top_level(text):
@@ -433,7 +521,7 @@ def load_command_config(model_dir, use_saved, dataset="auto", data_dir=None, hpa
     """
     saved = os.path.join(model_dir, "config.yaml")
     if use_saved and os.path.isfile(saved):
-        config = from_dict(read_yaml(saved), source=saved)
+        config = from_dict(read_yaml(saved, saved=True), source=saved)
         if data_dir:
             config.data.data_dir = data_dir
         if overrides:
@@ -475,6 +563,11 @@ def from_dict(tree, source="config"):
     return apply_mapping(Config(), _migrate(_flatten(tree or {}, source=source)), source=source)
 
 
+def from_yaml(data, source):
+    """A config from the bytes or text of a run's saved ``config.yaml``, named ``source`` in errors."""
+    return from_dict(parse_yaml(data, source, saved=True), source=source)
+
+
 def diff(a, b):
     """Keys whose values differ between two configs: ``{key: (a_value, b_value)}``."""
     fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
@@ -486,60 +579,13 @@ def _rule(key, value, rule):
 
 
 def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_multiple=1):
-    """Checks the rules between values; raises ConfigError naming the key, the value and the rule."""
-    positive = {
-        "train.epochs": config.train.epochs,
-        "train.batch_size": config.train.batch_size,
-        "train.lr_base_batch_size": config.train.lr_base_batch_size,
-        "eval.batch_size": config.eval.batch_size,
-        "progressive.num_stages": config.progressive.num_stages,
-        "model.head_filters": config.model.head_filters,
-        "train.keep_checkpoints": config.train.keep_checkpoints,
-        "data.randaug_pixel_scale": config.data.randaug_pixel_scale,
-    }
-    optional_positive = {
-        "train.steps_per_epoch": config.train.steps_per_epoch,
-        "eval.image_size": config.eval.image_size,
-        "eval.steps": config.eval.steps,
-        "progressive.image_size_start": config.progressive.image_size_start,
-        "progressive.image_size_end": config.progressive.image_size_end,
-        "model.width": config.model.width,
-        "model.depth": config.model.depth,
-        "progressive.max_batch_size": config.progressive.max_batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise _rule(key, value, "must be > 0")
-    for key, value in optional_positive.items():
-        if value is not None and value <= 0:
-            raise _rule(key, value, "must be > 0 (or None for the default)")
-    for key, value in {
-        "train.lr_base": config.train.lr_base,
-        "train.warmup_epochs": config.train.warmup_epochs,
-        "train.weight_decay": config.train.weight_decay,
-        "train.lr_min": config.train.lr_min,
-        "data.cutmix_alpha": config.data.cutmix_alpha,
-        "data.randaug_num_layers": config.data.randaug_num_layers,
-        "progressive.round_image_size_to": config.progressive.round_image_size_to,
-        "data.holdout_examples": config.data.holdout_examples,
-        "train.log_stage_images": config.train.log_stage_images,
-    }.items():
-        if value < 0:
-            raise _rule(key, value, "must be >= 0")
-    for key, value in {
-        "train.label_smoothing": config.train.label_smoothing,
-        "train.ema_decay": config.train.ema_decay,
-        "model.drop_path_rate": config.model.drop_path_rate,
-        "model.bn_momentum": config.model.bn_momentum,
-        "train.lr_decay_rate": config.train.lr_decay_rate,
-    }.items():
-        if not 0 <= value < 1 and not (key == "train.lr_decay_rate" and value == 1):
-            raise _rule(key, value, "must be in [0, 1)")
+    """Checks every key's rule (as setting a value does), then the rules between values; raises
+    ConfigError naming the key, the value and the rule."""
+    for key, value, field in _leaves(config):
+        _check(key, value, field)
     address = config.data.service_address
     if address and not re.fullmatch(r"grpc://[^:/\s]+:\d{1,5}", address):
         raise _rule("data.service_address", address, "must look like grpc://HOST:PORT (or be empty)")
-    if config.train.lr_decay_epochs <= 0:
-        raise _rule("train.lr_decay_epochs", config.train.lr_decay_epochs, "must be > 0")
     if config.train.batch_size % num_replicas:
         raise _rule(
             "train.batch_size",
@@ -556,14 +602,6 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
             config.eval.batch_size,
             f"must be divisible by the number of replicas ({num_replicas})",
         )
-    sizes = {
-        "eval.image_size": config.eval.image_size,
-        "progressive.image_size_start": config.progressive.image_size_start,
-        "progressive.image_size_end": config.progressive.image_size_end,
-    }
-    for key, value in sizes.items():
-        if value is not None and value > MAX_IMAGE_SIZE:
-            raise _rule(key, value, f"must be <= {MAX_IMAGE_SIZE} px (the paper's largest is 512)")
     start, end = config.progressive.image_size_start, config.progressive.image_size_end
     if start is not None and end is not None and start > end and config.progressive.num_stages > 1:
         raise _rule("progressive.image_size_start", start,

@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from efficientnetv2.variants import VARIANTS, VariantSpec, get_variant, variant_names
+from efficientnetv2.variants import VARIANTS, Range, VariantSpec, get_variant, variant_names
 
 
 @pytest.mark.parametrize("name", ["s", "S", "efficientnetv2-s", "EfficientNetV2-S", "efficientnetv2_s"])
@@ -31,7 +33,7 @@ def test_all_eight_variants():
 )
 def test_sizes_and_multipliers_from_the_paper(name, width, depth, train, evaluate):
     spec = get_variant(name)
-    assert (spec.width, spec.depth, spec.train_size, spec.eval_size) == (width, depth, train, evaluate)
+    assert (spec.width, spec.depth, spec.image_size.end, spec.eval_size) == (width, depth, train, evaluate)
 
 
 @pytest.mark.parametrize(
@@ -49,8 +51,18 @@ def test_progressive_ranges_from_the_paper(name, size, randaug, mixup, dropout):
     assert (spec.dropout.start, spec.dropout.end) == dropout
 
 
-def test_progressive_ends_at_training_size_and_head_dropout():
+@pytest.mark.parametrize(
+    "name, dropout",
+    # The head dropout of keras.applications' EfficientNetV2 B0-B3 (and the reference release).
+    [("b0", 0.2), ("b1", 0.2), ("b2", 0.3), ("b3", 0.3)],
+)
+def test_b_variants_end_at_the_reference_head_dropout(name, dropout):
+    assert get_variant(name).dropout == Range(0.1, dropout)
+
+
+def test_one_field_per_meaning():
+    # The training size and head dropout are the progressive ranges' ends, held nowhere else.
+    fields = {f.name for f in dataclasses.fields(VariantSpec)}
+    assert not fields & {"train_size", "dropout_rate"}
     for spec in VARIANTS.values():
-        assert spec.image_size.end == spec.train_size
-        assert spec.dropout.end == spec.dropout_rate
-        assert spec.eval_size >= spec.train_size
+        assert spec.eval_size >= spec.image_size.end
