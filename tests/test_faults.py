@@ -179,5 +179,5 @@ def test_a_nonfinite_loss_before_any_checkpoint_says_so():
     with pytest.raises(training.NonFiniteLoss) as error:
         training._stop_on_nonfinite_loss(monitor, {}, 0, params, _Checkpoint(None))
     assert "None" not in str(error.value)
-    assert str(error.value) == ("loss became nan in epoch 1 (stage 1, 32 px); stopped without saving; no checkpoint "
+    assert str(error.value) == ("loss became nan in epoch 1 (stage 1, 32 px); stopped without saving. No checkpoint "
                                 "was saved yet. Lower train.lr_base or check the data.")

@@ -163,3 +163,19 @@ def test_an_interrupt_outside_the_saving_steps_is_one_line_and_exit_130(tmp_path
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == ["Interrupted (Ctrl-C) without saving; what was written before is kept (a training run "
                       "resumes from its last checkpoint with the same command)."]
+
+
+def test_resuming_with_another_variant_names_the_runs_variant_even_when_changes_are_allowed(tmp_path, caplog):
+    from hparams import config as config_lib
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-3.index").write_bytes(b"")  # A run that trained: its config is compared.
+    (run / "config.yaml").write_text(config_lib.dump(config_lib.load_config(dataset="synthetic", model="b0")))
+    assert _main_in_process("--mode=train", "--model=efficientnetv2-s", "--dataset=synthetic", f"--model_dir={run}",
+                            "--allow_config_change") != 0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "damaged" not in errors[0]
+    assert (f"{run} holds checkpoints of EfficientNetV2-B0 and this command asks for another architecture "
+            "(model.variant: 'b0' -> 'efficientnetv2-s'); --allow_config_change cannot change") in errors[0]
+    assert "Resume with --model=b0" in errors[0]

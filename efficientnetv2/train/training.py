@@ -269,6 +269,10 @@ def _setup_precision_and_seed(config, plan):
         tf.config.experimental.enable_op_determinism()
 
 
+# The keys that decide the weights' shapes: a checkpoint fits no model built with other values.
+_ARCHITECTURE_KEYS = ("model.variant", "model.width", "model.depth", "model.blocks", "model.head_filters")
+
+
 def _check_config(config, model_dir, allow_config_change):
     """Refuses to resume a run with another config (unless allowed). A ``config.yaml`` without any
     checkpoint is left by an attempt that failed before it trained: this command starts the run anew."""
@@ -281,6 +285,17 @@ def _check_config(config, model_dir, allow_config_change):
     with tf.io.gfile.GFile(path, "rb") as f:
         previous = config_lib.from_yaml(f.read(), source=path)
     changed = config_lib.diff(previous, config)
+    architecture = {k: v for k, v in changed.items() if k in _ARCHITECTURE_KEYS
+                    and not (k == "model.variant" and _variant_name(v[0]) == _variant_name(v[1]))}
+    if architecture and allow_config_change:
+        lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in architecture.items())
+        raise config_lib.ConfigError(
+            f"{model_dir} holds checkpoints of EfficientNetV2-{_variant_name(previous.model.variant).upper()} "
+            "and this command "
+            f"asks for another architecture ({lines}); --allow_config_change cannot change the weights' shapes. "
+            f"Resume with --model={previous.model.variant}, or train in another --model_dir (fine-tune from "
+            f"this run with train.init_checkpoint={model_dir})"
+        )
     if changed and not allow_config_change:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise config_lib.ConfigError(
@@ -289,6 +304,14 @@ def _check_config(config, model_dir, allow_config_change):
         )
     if changed:
         logging.warning("Config changed on resume (allowed): %s", changed)
+
+
+def _variant_name(name):
+    """``name`` as the variants table spells it ("efficientnetv2-s" -> "s"); unknown names as given."""
+    try:
+        return get_variant(name).name
+    except ValueError:
+        return str(name)
 
 
 def _write_atomically(path, text):
@@ -695,9 +718,10 @@ def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose, params, c
     return {k: float(v[-1]) for k, v in history.history.items() if v}
 
 
-def _last_checkpoint(checkpoint):
+def _last_checkpoint(checkpoint, sentence=False):
     latest = checkpoint.reader.latest_checkpoint
-    return f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
+    text = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
+    return text[0].upper() + text[1:] if sentence else text
 
 
 def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
@@ -705,7 +729,7 @@ def _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint):
         raise NonFiniteLoss(
             f"loss became {monitor.nonfinite if monitor.nonfinite is not None else logs.get('loss')} "
             f"in epoch {epoch + 1} (stage {params.stage + 1}, {params.image_size} px); stopped without "
-            f"saving; {_last_checkpoint(checkpoint)}. Lower train.lr_base or check the data."
+            f"saving. {_last_checkpoint(checkpoint, sentence=True)}. Lower train.lr_base or check the data."
         )
 
 
