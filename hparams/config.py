@@ -81,9 +81,8 @@ class Bounds:
                 and (self.at_most is None or value <= self.at_most) and (self.below is None or value < self.below))
 
     def __str__(self):
-        sides = [f"{sign} {_number(bound)}" for sign, bound in
-                 ((">=", self.at_least), (">", self.above), ("<=", self.at_most), ("<", self.below)) if bound is not None]
-        return " and ".join(sides)
+        sides = ((">=", self.at_least), (">", self.above), ("<=", self.at_most), ("<", self.below))
+        return " and ".join(f"{sign} {_number(bound)}" for sign, bound in sides if bound is not None)
 
 
 def setting(default, *, choices=None, auto_or_count=False, **bounds):

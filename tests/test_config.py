@@ -173,7 +173,8 @@ def test_dump_round_trip():
         ("model.depth=1e6", r"'model.depth' = 1000000.0: must be > 0 and <= 8 \(or None for the default\)"),
         ("model.width=1000", r"'model.width' = 1000.0: must be > 0 and <= 8"),
         ("train.batch_size=1000000000", r"'train.batch_size' = 1000000000: must be >= 1 and <= 65536"),
-        ("train.steps_per_epoch=1000000000000", r"'train.steps_per_epoch' = 1000000000000: must be >= 1 and <= 10000000"),
+        ("train.steps_per_epoch=1000000000000",
+         r"'train.steps_per_epoch' = 1000000000000: must be >= 1 and <= 10000000"),
         ("eval.batch_size=100000", r"'eval.batch_size' = 100000: must be >= 1 and <= 65536"),
         ("progressive.max_batch_size=1000000", r"'progressive.max_batch_size' = 1000000: must be >= 1 and <= 65536"),
         ("model.head_filters=1000000", r"'model.head_filters' = 1000000: must be >= 1 and <= 16384"),
@@ -181,7 +182,8 @@ def test_dump_round_trip():
         ("train.epochs=1000000", r"'train.epochs' = 1000000: must be >= 1 and <= 10000"),
         ("eval.steps=1000000000", r"'eval.steps' = 1000000000: must be >= 1 and <= 10000000"),
         ("train.log_stage_images=100000", r"'train.log_stage_images' = 100000: must be >= 0 and <= 64"),
-        ("train.steps_per_execution=1000000000", r"'train.steps_per_execution' got '1000000000'; expected 'auto' or an integer >= 1 and <= 10000000"),
+        ("train.steps_per_execution=1000000000",
+         r"'train.steps_per_execution' got '1000000000'; expected 'auto' or an integer >= 1 and <= 10000000"),
         ("eval.image_size=100000", r"'eval.image_size' = 100000: must be >= 1 and <= 1024"),
         ("progressive.image_size_end=4096", r"'progressive.image_size_end' = 4096: must be >= 1 and <= 1024"),
         # Every key's range (issue 31 item 7), checked when the value is set.
@@ -223,7 +225,8 @@ def test_a_value_out_of_its_range_is_refused_when_set(overrides, message):
 def test_a_file_value_out_of_its_range_names_the_file(tmp_path):
     user = tmp_path / "user.yaml"
     user.write_text("progressive:\n  dropout_end: 1.5\n")
-    with pytest.raises(ConfigError, match=r"user.yaml: config key 'progressive.dropout_end' = 1.5: must be >= 0 and < 1"):
+    message = r"user.yaml: config key 'progressive.dropout_end' = 1.5: must be >= 0 and < 1"
+    with pytest.raises(ConfigError, match=message):
         config_lib.load_config(hparams_file=str(user))
 
 
