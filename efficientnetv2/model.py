@@ -52,6 +52,7 @@ def build_model(
     head_filters=1280,
     pooling=None,
     name=None,
+    weights=None,
 ):
     """Builds an EfficientNetV2 as a functional ``keras.Model``.
 
@@ -73,6 +74,9 @@ def build_model(
         width, depth, blocks, head_filters: override the variant's multipliers, block strings
             (a list or comma-separated string) or head width, e.g. for tiny test models.
         name: the model's name (default ``efficientnetv2-<variant>``).
+        weights: ``None`` (random), a published name (``"imagenet"``, ``"imagenet21k"``,
+            ``"imagenet21k-ft1k"``) or a path, loaded as ``train.init_checkpoint`` is; with another
+            ``num_classes`` or ``include_top=False`` the backbone loads and the head is new (logged).
 
     The head's dropout is the layer named ``top_dropout``, always present (rate 0 included). Change
     it between training stages without rebuilding the model with ``set_dropout_rate(model, rate)``:
@@ -167,7 +171,13 @@ def build_model(
                 f"blocks give {len(features)}"
             )
         outputs = features
-    return keras.Model(inputs, outputs, name=model_name)
+    model = keras.Model(inputs, outputs, name=model_name)
+    if weights is not None:
+        # The one call from the model library into import/export: only when weights are asked for.
+        from efficientnetv2.io.weights_import import load_pretrained  # noqa: PLC0415
+
+        load_pretrained(model, weights, spec)
+    return model
 
 
 def build_model_from_config(model_config, num_classes, input_size=None, dropout_rate=None):

@@ -26,6 +26,9 @@ def _modules(folder, package):
 MODEL_LIBRARY = _modules("efficientnetv2", "efficientnetv2") + ["efficientnetv2"]
 IMPORT_EXPORT = _modules(os.path.join("efficientnetv2", "io"), "efficientnetv2.io")
 TRAINER = ("efficientnetv2.train",)
+# The one edge allowed the other way: ``build_model(weights=...)`` loads weights as keras.applications'
+# constructors do, with an import inside the function that runs only when weights are asked for.
+WEIGHTS_EDGE = ("efficientnetv2.model", "efficientnetv2.io.weights_import")
 
 
 def source_file(module, root=ROOT):
@@ -58,13 +61,16 @@ def imports_of(module, root=ROOT):
     return found
 
 
-def project_closure(start, root=ROOT):
+def project_closure(start, root=ROOT, cut=()):
     """{module: the module that imported it} for ``start`` and every module with a source under
-    ``root`` that it imports, transitively (third-party packages are not followed)."""
+    ``root`` that it imports, transitively (third-party packages are not followed; nor are the
+    ``(importer, imported)`` edges in ``cut``)."""
     seen, queue = {m: None for m in start}, list(start)
     while queue:
         module = queue.pop()
         for imported in imports_of(module, root):
+            if (module, imported) in cut:
+                continue
             if imported not in seen and source_file(imported, root):
                 seen[imported] = module
                 queue.append(imported)
@@ -96,7 +102,7 @@ def test_import_export_never_imports_the_trainer(module):
 
 @pytest.mark.parametrize("module", MODEL_LIBRARY)
 def test_the_model_library_imports_neither_the_trainer_nor_import_export(module):
-    seen = project_closure([module])
+    seen = project_closure([module], cut={WEIGHTS_EDGE})
     found = _trainer_in(seen, TRAINER + ("efficientnetv2.io",))
     assert not found, f"{module} imports {'; '.join(_chain(seen, m) for m in found)}"
 
@@ -111,3 +117,18 @@ def test_the_check_finds_an_import_inside_a_function_through_another_module(tmp_
     seen = project_closure(["pkg.io"], root=str(tmp_path))
     assert _trainer_in(seen, ("pkg.training",)) == ["pkg.training"]
     assert _chain(seen, "pkg.training") == "pkg.training <- pkg.reader <- pkg.io"
+
+
+def test_the_weights_edge_is_inside_build_model_only():
+    """The allowed edge stays a function-level import of ``build_model``: at module level it would
+    load import/export (and TensorFlow) with every model."""
+    path = source_file(WEIGHTS_EDGE[0])
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    top_level = {alias.name if isinstance(node, ast.Import) else node.module
+                 for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in node.names}
+    assert not any(name and name.startswith("efficientnetv2.io") for name in top_level)
+    build = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build_model")
+    inner = {n.module for n in ast.walk(build) if isinstance(n, ast.ImportFrom)}
+    assert WEIGHTS_EDGE[1] in inner

@@ -55,6 +55,7 @@ import tensorflow as tf
 from efficientnetv2.blocks import FusedMBConv, MBConv
 from efficientnetv2.io.checkpointing import CheckpointWeights, find_checkpoint, is_run_checkpoint, read_weights
 from efficientnetv2.io.keras_applications import build_keras_application, layer_map
+from efficientnetv2.io import pretrained
 from efficientnetv2.variants import get_variant
 
 __all__ = [
@@ -553,13 +554,17 @@ def load_pretrained(model, path, variant, max_unpacked_bytes=DEFAULT_MAX_UNPACKE
 
     ``path``: one of our run folders or checkpoints, a keras.applications ``.h5``/``.weights.h5``, a
     reference-release checkpoint (prefix or folder), a ``.tar``/``.tgz``/``.zip`` of one, or a
-    ``.keras`` model file. An archive or ``.keras`` file may unpack to at most ``max_unpacked_bytes``
-    (``train.max_archive_mb`` MiB). Returns a report (``loaded``, ``skipped``, ``skipped_reason``,
-    ``source_head_unused``, ``ema``, ``format``). Raises ``FileNotFoundError`` when there is nothing
-    at ``path`` and ``ValueError`` when it is damaged, unsafe or does not fit the model; in all cases
-    the model is unchanged.
+    ``.keras`` model file; or a published name (``imagenet``, ``imagenet21k``, ``imagenet21k-ft1k``),
+    whose file ``pretrained.fetch`` finds in the cache or downloads. An archive or ``.keras`` file may
+    unpack to at most ``max_unpacked_bytes`` (``train.max_archive_mb`` MiB). Returns a report
+    (``loaded``, ``skipped``, ``skipped_reason``, ``source_head_unused``, ``ema``, ``format``). Raises
+    ``FileNotFoundError`` when there is nothing at ``path``, ``OSError`` when a name's download fails,
+    and ``ValueError`` when it is damaged, unsafe or does not fit the model; in all cases the model is
+    unchanged.
     """
     spec = _model_spec(model, variant)
+    if pretrained.is_weights_name(path):
+        path = pretrained.fetch_for_model(path, model, spec)
     path = os.fspath(path)
     if path.endswith(_ARCHIVE_SUFFIXES + (".keras",)):
         if not tf.io.gfile.exists(path):
