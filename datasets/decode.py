@@ -100,9 +100,12 @@ def random_crop_window(shape: tf.Tensor, seed: tf.Tensor, image_size: int,
     return tuple(tf.where(whole_image, c, s) for c, s in zip(center, sampled))
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Training crop: Inception-style random crop (decoded crop-only for JPEG), resized to S."""
-    return resize(_crop_image(image, lambda shape: random_crop_window(shape, seed, image_size)),
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, image_size: int,
+                        area_min: float = AREA_RANGE[0]) -> tf.Tensor:
+    """Training crop: Inception-style random crop of at least `area_min` of the image's area
+    (decoded crop-only for JPEG), resized to S."""
+    area_range = (area_min, AREA_RANGE[1])
+    return resize(_crop_image(image, lambda shape: random_crop_window(shape, seed, image_size, area_range)),
                   image_size)
 
 

@@ -34,13 +34,13 @@ def targets(label: tf.Tensor, num_classes: int, multi_label: bool = False) -> tf
 
 def train_example(example: dict, seed: tf.Tensor, image_size: int, num_classes: int,
                   multi_label: bool = False, randaug_magnitude=0.0, randaug_num_layers: int = 2,
-                  randaug_pixel_scale: float = 1.0):
+                  randaug_pixel_scale: float = 1.0, crop_area_min: float = decode.AREA_RANGE[0]):
     """One example -> (uint8 [S, S, 3], float32 [num_classes]) for training: random-resized crop
-    (crop-only decode for JPEG), resize, flip, RandAugment, rounded to whole levels (as the
-    reference's RandAugment, which works in uint8; a quarter of float32's bytes to batch and to
-    send to the device)."""
+    (at least `crop_area_min` of the image; crop-only decode for JPEG), resize, flip, RandAugment,
+    rounded to whole levels (as the reference's RandAugment, which works in uint8; a quarter of
+    float32's bytes to batch and to send to the device)."""
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    image = decode.random_resized_crop(example["image"], crop_seed, image_size)
+    image = decode.random_resized_crop(example["image"], crop_seed, image_size, crop_area_min)
     image = decode.random_flip(image, flip_seed)
     skip_randaugment = isinstance(randaug_magnitude, (int, float)) and randaug_magnitude == 0
     if randaug_num_layers > 0 and not skip_randaugment:
@@ -67,7 +67,8 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
                         cutmix_alpha: float = 0.0, seed: int = 0, epoch: int = 0,
                         input_context: Optional[tf.distribute.InputContext] = None,
                         key_examples_by: str = "position", start: Tuple[int, int] = (0, 0),
-                        with_position: bool = False, randaug_pixel_scale: float = 1.0) -> tf.data.Dataset:
+                        with_position: bool = False, randaug_pixel_scale: float = 1.0,
+                        crop_area_min: float = decode.AREA_RANGE[0]) -> tf.data.Dataset:
     """One epoch of (images uint8 [B, S, S, 3], labels float32 [B, num_classes]).
 
     With mixup or CutMix on, the first element is (images, mix float32 [B, 5]): the batch's mixing,
@@ -97,6 +98,8 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
                          f"{start_batch * batch_size} records")
     randaugment.check_magnitude(randaug_magnitude)
     randaugment.check_pixel_scale(randaug_pixel_scale)
+    if not 0 < crop_area_min <= decode.AREA_RANGE[1]:
+        raise ValueError(f"crop_area_min={crop_area_min!r} must be in (0, 1]")
     num_pipelines, pipeline_id = ordering.pipelines(input_context)
     examples = src.examples("train", seed=_stream_seed(seed, epoch, _ORDER_STREAM),
                             input_context=input_context, image_size=image_size)
@@ -111,7 +114,8 @@ def build_train_dataset(src: Source, batch_size: int, image_size: int, randaug_m
             global_index = tf.strings.to_hash_bucket_fast(example["id"], 2**63 - 1)
         example_seed = tf.random.experimental.stateless_fold_in(example_key, global_index)
         return (*train_example(example, example_seed, image_size, src.num_classes, src.multi_label,
-                               randaug_magnitude, randaug_num_layers, randaug_pixel_scale), global_index, index)
+                               randaug_magnitude, randaug_num_layers, randaug_pixel_scale, crop_area_min),
+                global_index, index)
 
     # Positions are counted before the resume's skip, which drops records undecoded.
     dataset = examples.enumerate().skip(start_record)

@@ -52,6 +52,7 @@ def build_model(
     head_filters=1280,
     pooling=None,
     name=None,
+    zero_init_residual=False,
     weights=None,
 ):
     """Builds an EfficientNetV2 as a functional ``keras.Model``.
@@ -74,6 +75,8 @@ def build_model(
         width, depth, blocks, head_filters: override the variant's multipliers, block strings
             (a list or comma-separated string) or head width, e.g. for tiny test models.
         name: the model's name (default ``efficientnetv2-<variant>``).
+        zero_init_residual: the last batch norm of every residual block starts with scale 0, so
+            each such block starts as the identity (a from-scratch option; weights load as usual).
         weights: ``None`` (random), a published name (``"imagenet"``, ``"imagenet21k"``,
             ``"imagenet21k-ft1k"``) or a path, loaded as ``train.init_checkpoint`` is; with another
             ``num_classes`` or ``include_top=False`` the backbone loads and the head is new (logged).
@@ -133,6 +136,7 @@ def build_model(
                 bn_momentum=bn_momentum,
                 bn_epsilon=bn_epsilon,
                 synchronized_bn=synchronized_bn,
+                zero_init_residual=zero_init_residual,
                 name=f"block{stage_number}{_letters(j)}",
             )(x)
             index += 1
@@ -201,6 +205,7 @@ def build_model_from_config(model_config, num_classes, input_size=None, dropout_
         depth=m.depth,
         blocks=m.blocks,
         head_filters=m.head_filters,
+        zero_init_residual=m.zero_init_residual,
     )
 
 def _letters(index):

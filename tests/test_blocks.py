@@ -116,3 +116,16 @@ def test_adjustable_dropout_rate_can_be_raised_from_zero():
     layer.rate = 0.5
     y = np.array(layer(x, training=True))
     assert 0.4 < (y == 0).mean() < 0.6
+
+
+@pytest.mark.parametrize("block_class", [MBConv, FusedMBConv])
+def test_zero_init_residual_starts_a_residual_block_as_the_identity(block_class):
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 8)).astype("float32")
+    block = block_class(8, 8, expand_ratio=4, se_ratio=0.25, zero_init_residual=True)
+    np.testing.assert_array_equal(np.asarray(block(x, training=True)), x)
+    assert not np.allclose(np.asarray(block_class(8, 8, expand_ratio=4, se_ratio=0.25)(x, training=True)), x)
+    # Blocks without a residual keep the usual scale: zeros there would cut the signal.
+    strided = block_class(8, 8, strides=2, zero_init_residual=True)
+    strided.build((None, 8, 8, 8))
+    np.testing.assert_array_equal(np.asarray(strided.project_bn.gamma), 1.0)
+    assert block_class.from_config(block.get_config()).zero_init_residual is True

@@ -120,3 +120,20 @@ def test_undecodable_bytes_raise():
     for data in (b"", b"not an image", jpeg_bytes(smooth_image(6))[:200]):
         with pytest.raises(tf.errors.InvalidArgumentError):
             decode.random_resized_crop(tf.constant(data), SEED, 16).numpy()
+
+
+def test_crop_area_min_keeps_crops_large():
+    """A horizontal gradient: a crop's value range is its width's share of the image."""
+    gradient = np.broadcast_to(np.linspace(0, 255, 100).astype(np.uint8)[None, :, None], (100, 100, 3)).copy()
+
+    def smallest_range(crop):
+        return min(float(np.ptp(crop(np.array([i, 3], np.int64)))) for i in range(30))
+
+    from datasets import pipeline  # noqa: PLC0415 (imports the whole input pipeline)
+
+    # At least 0.6 of the area with aspect ratio in [3/4, 4/3]: at least 0.67 of the width.
+    large = smallest_range(lambda seed: pipeline.train_example(
+        {"image": gradient, "label": 0}, seed, 32, 2, randaug_magnitude=0, crop_area_min=0.6)[0])
+    default = smallest_range(lambda seed: decode.random_resized_crop(gradient, seed, 32))
+    assert large >= 0.6 * 255
+    assert default < 0.6 * 255

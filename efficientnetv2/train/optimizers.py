@@ -32,6 +32,11 @@ from efficientnetv2.train.keras_compat import KeepTrainingWeightsAtEndOfFit
 __all__ = ["make_optimizer", "add_weight_decay", "swap_ema_weights", "has_ema", "average_moving_statistics",
            "moving_statistics"]
 
+# Trainable variables that are not kernels: batch norm's scale and offset, and biases. Decaying them
+# towards 0 shrinks what normalization restores; the reference release decays neither.
+_NOT_KERNELS = ("gamma", "beta", "bias")
+_KERNELS = ("/kernel", "/depthwise_kernel")
+
 # The non-trainable variables the reference's EMA averages: batch norm's moving mean and variance.
 _STATISTICS = ("/moving_mean", "/moving_variance")
 
@@ -115,22 +120,29 @@ def make_optimizer(train_config, learning_rate):
         return SGD(learning_rate=learning_rate, momentum=train_config.momentum, nesterov=True, **ema)
     if name == "adamw":
         # Decoupled weight decay is AdamW's own; the L2 term is then not added (see add_weight_decay).
-        return AdamW(learning_rate=learning_rate, weight_decay=train_config.weight_decay, **ema)
+        optimizer = AdamW(learning_rate=learning_rate, weight_decay=train_config.weight_decay, **ema)
+        if train_config.weight_decay_on == "kernels":
+            # Keras matches these against each variable's own name (``gamma``, ``beta``, ``bias``).
+            optimizer.exclude_from_weight_decay(var_names=_NOT_KERNELS)
+        return optimizer
     raise ValueError(f"unknown optimizer {name!r}; expected one of ['adamw', 'rmsprop', 'sgd']")
 
 
-def add_weight_decay(model, weight_decay):
-    """Adds ``weight_decay / 2 * sum(w ** 2)`` over conv and dense kernels to the model's losses.
+def add_weight_decay(model, weight_decay, on="kernels"):
+    """Adds ``weight_decay / 2 * sum(w ** 2)`` to the model's losses, over conv and dense kernels
+    (``on="kernels"``) or every trainable weight (``on="all"``).
 
     The reference release's ``weight_decay * tf.nn.l2_loss(w)`` on every non-batch-norm weight but
-    biases; here on kernels only (conv, depthwise, dense). Returns the number of kernels decayed.
+    biases; ``"kernels"`` is that (conv, depthwise, dense). Returns the number of weights decayed.
     """
+    if on not in ("kernels", "all"):
+        raise ValueError(f"weight decay on {on!r}; expected 'kernels' or 'all'")
     count = 0
     if weight_decay <= 0:
         return count
     regularizer = keras.regularizers.L2(weight_decay / 2.0)
     for variable in model.trainable_weights:
-        if variable.path.endswith(("/kernel", "/depthwise_kernel")):
+        if on == "all" or variable.path.endswith(_KERNELS):
             variable.regularizer = regularizer
             count += 1
     return count
