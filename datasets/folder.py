@@ -1,4 +1,6 @@
-"""A folder of class sub-folders: `<root>/<class>/*.jpg|jpeg|png` (extensions in any case).
+"""A folder of class sub-folders: `<root>/<class>/*.jpg|jpeg|png|gif|bmp|webp` (extensions in any
+case: every format predict decodes).  At least two classes; other files in class folders are left out
+and counted in one log line by extension.
 
 Splits: with `<root>/train/` the classes are its sub-folders and eval comes from `<root>/val/`
 (or `<root>/validation/`); eval classes must be among the train classes.  Without split folders
@@ -13,6 +15,7 @@ backslash escapes (b'bad\\xff.jpg'); rename it to include it.  `FolderSource.unr
 lists them.
 """
 
+import collections
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -22,7 +25,7 @@ from absl import logging
 from datasets import ordering, skipping
 from datasets.source import Source, check_split
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 TRAIN_DIR = "train"
 EVAL_DIRS = ("val", "validation")
 HOLDOUT_EVERY = 10
@@ -59,13 +62,24 @@ def _subfolders(directory: str, unreadable: List[bytes]) -> List[str]:
                   if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(directory, name)))
 
 
-def _images(directory: str, unreadable: List[bytes]) -> List[str]:
-    return sorted(os.path.join(directory, name) for name in listdir(directory, unreadable)
-                  if name.lower().endswith(IMAGE_EXTENSIONS))
+def _images(directory: str, unreadable: List[bytes], left_out: collections.Counter) -> List[str]:
+    """Image paths in `directory`, sorted; other names (not hidden) counted by extension in `left_out`."""
+    names = [name for name in listdir(directory, unreadable) if not name.startswith(".")]
+    for name in names:
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            left_out[os.path.splitext(name.rstrip("/"))[1].lower() or "(no extension)"] += 1
+    return sorted(os.path.join(directory, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _list_split(directory: str, class_names: List[str], unreadable: List[bytes]) -> Dict[str, List[str]]:
-    return {name: _images(os.path.join(directory, name), unreadable) for name in class_names}
+    left_out = collections.Counter()
+    split = {name: _images(os.path.join(directory, name), unreadable, left_out) for name in class_names}
+    if left_out:
+        logging.warning("left out %d files in the class folders of %r that are not images of a format "
+                        "this pipeline reads (%s); it reads %s", sum(left_out.values()), directory,
+                        ", ".join(f"{ext}: {n}" for ext, n in sorted(left_out.items())),
+                        ", ".join(IMAGE_EXTENSIONS))
+    return split
 
 
 def split_dirs(root: str) -> Tuple[str, Optional[str]]:
@@ -95,6 +109,9 @@ def list_folder(root: str, holdout_every: int = HOLDOUT_EVERY,
     if not class_names:
         raise ValueError(f"no class sub-folders in {train_dir!r}: expected <class>/*"
                          f"{'|'.join(IMAGE_EXTENSIONS)} (optionally under train/ and val/)")
+    if len(class_names) < 2:  # One class trains to top-1 1.0 and predicts it for anything.
+        raise ValueError(f"data folder {train_dir!r} has one class folder ({class_names[0]!r}); a "
+                         "classifier needs at least 2: put each class's images in a sub-folder of its own")
     train = _list_split(train_dir, class_names, unreadable)
     for name, paths in train.items():
         if not paths:

@@ -2,6 +2,7 @@
 
 import io
 import os
+import zlib
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -40,6 +41,27 @@ def cmyk_jpeg_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).convert("CMYK").save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
+
+
+def pillow_bytes(image: np.ndarray, image_format: str) -> bytes:
+    """`image` encoded by Pillow as `image_format` ("GIF", "BMP", "WEBP", ...)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def png_bomb(height: int, width: int) -> bytes:
+    """A valid 1-bit grayscale PNG of `height` x `width` zeros: a few hundred KB declaring any size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte "none", then the row's bits
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def write(path: str, data: bytes) -> str:

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 
 import datasets
+from efficientnetv2.io import export
 from efficientnetv2.train import training
 from datasets import records
-from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image, write,
-                                    write_imagenet_shards)
+from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, png_bomb, smooth_image,
+                                    write, write_imagenet_shards)
 from tests.training_helpers import tiny_config
 
 
@@ -43,8 +44,37 @@ def test_huge_header_is_skipped_named_and_counted(tmp_path, capfd):
     assert f"skipped undecodable image {huge} ({before + 1} skipped so far" in capfd.readouterr().err
 
 
-def test_empty_class_folder_is_a_clear_error_before_any_work(tmp_path):
+def test_image_bombs_and_a_cut_short_jpeg_are_skipped_named_and_counted(tmp_path, capfd):
     root = _folder(str(tmp_path))
+    bad = [write(os.path.join(root, "train", "a", "bomb.png"), png_bomb(16000, 16000)),
+           write(os.path.join(root, "train", "b", "cut.jpg"), huge_header_jpeg(3000, 3000))]
+    source = datasets.get_source("auto", root)
+    before = datasets.skipped_images()
+    capfd.readouterr()
+    batches = list(datasets.build_train_dataset(source, batch_size=4, image_size=32))
+    assert len(batches) == 3 and datasets.skipped_images() - before == 2
+    err = capfd.readouterr().err
+    assert all(f"skipped undecodable image {path} (" in err for path in bad)
+
+
+@pytest.mark.parametrize("data, message", [
+    (lambda: png_bomb(16000, 16000), "header declares 16000 x 16000 pixels in {size} bytes, more than the "
+                                     "134217728 pixels an image may have (a decompression bomb?)"),
+    (lambda: huge_header_jpeg(13000, 13000), "header declares 13000 x 13000 pixels in {size} bytes, more "
+                                             "than the 134217728 pixels an image may have (a decompression bomb?)"),
+    (lambda: huge_header_jpeg(3000, 3000), "header declares 3000 x 3000 pixels in {size} bytes, more than "
+                                           "its bytes can hold (truncated or corrupt)"),
+])
+def test_predict_refuses_a_bomb_or_cut_short_image_in_one_line(tmp_path, data, message):
+    data = data()
+    path = write(str(tmp_path / "image"), data)
+    with pytest.raises(ValueError) as raised:
+        export._load_image(path, 32, 2**20)
+    assert str(raised.value) == f"image {path} not decoded: " + message.format(size=len(data))
+
+
+def test_empty_class_folder_is_a_clear_error_before_any_work(tmp_path):
+    root = _folder(str(tmp_path / "data"))
     os.makedirs(os.path.join(root, "train", "c"))
     with pytest.raises(ValueError, match=r"class folder .*train/c' has no images"):
         training.train(tiny_config(**{"data.dataset": "folder", "data.data_dir": root}), str(tmp_path / "run"),

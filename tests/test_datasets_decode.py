@@ -1,12 +1,14 @@
 """datasets/decode.py: decoding, crops, flips, each eagerly and inside Dataset.map."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from datasets import decode
-from tests.datasets_helpers import (cmyk_jpeg_bytes, eager_and_mapped, jpeg_bytes, png_bytes,
-                                    smooth_image)
+from tests.datasets_helpers import (cmyk_jpeg_bytes, eager_and_mapped, jpeg_bytes, pillow_bytes,
+                                    png_bomb, png_bytes, smooth_image)
 
 SEED = np.array([3, 4], np.int64)
 
@@ -120,6 +122,61 @@ def test_undecodable_bytes_raise():
     for data in (b"", b"not an image", jpeg_bytes(smooth_image(6))[:200]):
         with pytest.raises(tf.errors.InvalidArgumentError):
             decode.random_resized_crop(tf.constant(data), SEED, 16).numpy()
+
+
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_declared_shape_is_the_one_pillow_reads(image_format):
+    from PIL import Image
+
+    data = pillow_bytes(smooth_image(7, 37, 53), image_format)
+    assert tuple(eager_and_mapped(decode.declared_shape, data)) == Image.open(io.BytesIO(data)).size[::-1]
+
+
+def _bomb(image_format, height, width):
+    """A small `image_format` file whose header declares `height` x `width`."""
+    if image_format == "PNG":
+        return png_bomb(height, width)
+    data = bytearray(pillow_bytes(smooth_image(8), image_format))
+    if image_format == "JPEG":
+        start = data.find(b"\xff\xc0") + 5
+        data[start:start + 4] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    if image_format == "GIF":
+        data[6:10] = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    if image_format == "BMP":
+        data[18:26] = width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    if image_format == "WEBP":  # Pillow writes a lossy frame: chunk "VP8 ", 14-bit sizes.
+        data[26:30] = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    return bytes(data)
+
+
+def _raises_eagerly_and_mapped(fn, data, match):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        fn(tf.constant(data))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        next(iter(tf.data.Dataset.from_tensors(data).map(fn)))
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_header_declaring_too_many_pixels_is_refused_before_decoding(image_format):
+    data = _bomb(image_format, 12000, 12000)  # 144 megapixels (WebP allows up to 16383 a side)
+    for crop in (lambda x: decode.center_crop(x, 16), lambda x: decode.random_resized_crop(x, SEED, 16)):
+        _raises_eagerly_and_mapped(crop, data, f"header declares 12000 x 12000 pixels in {len(data)} "
+                                               f"bytes, more than the {decode.MAX_PIXELS} pixels")
+
+
+def test_jpeg_declaring_more_than_its_bytes_hold_is_refused():
+    data = _bomb("JPEG", 3000, 3000)  # 9 megapixels in about a kilobyte; libjpeg decodes it gray
+    assert 3000 * 3000 < decode.MAX_PIXELS
+    _raises_eagerly_and_mapped(lambda x: decode.center_crop(x, 16), data, "more than its bytes can hold")
+
+
+def test_images_at_the_limits_decode():
+    # The largest VP8 WebP side and a PNG declaring exactly MAX_PIXELS are not refused by the check.
+    assert decode.declared_shape(tf.constant(_bomb("PNG", 2**13, 2**14))).numpy().prod() == decode.MAX_PIXELS
+    assert decode.center_crop(tf.constant(pillow_bytes(smooth_image(9), "WEBP")), 16).shape == (16, 16, 3)
 
 
 def test_crop_area_min_keeps_crops_large():

@@ -7,8 +7,8 @@ import tensorflow as tf
 
 import datasets
 from datasets import records
-from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, smooth_image, write,
-                                    write_imagenet21k_shards, write_imagenet_shards)
+from tests.datasets_helpers import (jpeg_bytes, make_folder, make_imagenet_dir, pillow_bytes,
+                                    smooth_image, write, write_imagenet21k_shards, write_imagenet_shards)
 
 
 def _labels(dataset):
@@ -71,8 +71,34 @@ def test_folder_errors_name_what_was_searched(tmp_path, layout, error, message):
     assert str(root) in str(raised.value)
 
 
+@pytest.mark.parametrize("train_dir", ["", "train"])
+def test_folder_with_one_class_is_refused_naming_it(tmp_path, train_dir):
+    make_folder(str(tmp_path / train_dir), {"only": 12})
+    with pytest.raises(ValueError, match=r"has one class folder \('only'\); a classifier needs at least 2") as raised:
+        datasets.get_source("auto", str(tmp_path))
+    assert str(tmp_path / train_dir).rstrip("/") in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_folder_reads_every_format_predict_decodes_and_counts_the_rest(tmp_path, caplog):
+    for i, image_format in enumerate(("GIF", "BMP", "WEBP")):
+        write(str(tmp_path / "a" / f"{i}.{image_format.lower()}"), pillow_bytes(smooth_image(i), image_format))
+    make_folder(str(tmp_path), {"a": 7, "b": 10})
+    for name in ("scan.tif", "notes.txt", "more.TXT", ".DS_Store"):
+        write(str(tmp_path / "b" / name), b"x")
+    with caplog.at_level("WARNING"):
+        src = datasets.get_source("folder", str(tmp_path))
+    paths = src.files("train")[0] + src.files("eval")[0]
+    assert {os.path.splitext(p)[1] for p in paths} == {".jpg", ".gif", ".bmp", ".webp"} and len(paths) == 20
+    before = datasets.skipped_images()
+    assert len(list(datasets.build_train_dataset(src, batch_size=6, image_size=16))) == 3  # all 18 decode
+    assert datasets.skipped_images() == before
+    assert [r.getMessage() for r in caplog.records if "left out" in r.getMessage()] == [
+        f"left out 3 files in the class folders of {str(tmp_path)!r} that are not images of a format "
+        "this pipeline reads (.tif: 1, .txt: 2); it reads .jpg, .jpeg, .png, .gif, .bmp, .webp"]
+
+
 def test_folder_too_small_for_a_holdout_is_an_error(tmp_path):
-    make_folder(str(tmp_path), {"a": 3})
+    make_folder(str(tmp_path), {"a": 3, "b": 3})
     with pytest.raises(ValueError, match="no eval images"):
         datasets.get_source("folder", str(tmp_path))
 

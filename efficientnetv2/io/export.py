@@ -663,7 +663,12 @@ def _load_image(path, image_size, max_bytes):
     try:
         return decode.center_crop(tf.constant(data), image_size).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or str(e)).strip().splitlines()[0][:200]
+        message = e.message or str(e)
+        # decode's header check says what the header declares and why that is refused.
+        declared = re.search(r"header declares [^'\]\n]*", message)
+        if declared:
+            raise ValueError(f"image {path} not decoded: {declared.group(0)}") from None
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", message).strip().splitlines()[0][:200]
         raise ValueError(f"cannot decode image {path}: {reason} (corrupt, truncated or not an image?)") from None
 
 
