@@ -283,3 +283,17 @@ def test_init_checkpoint_by_name_gives_the_weights_of_build_model(server, home, 
     _assert_same_backbone(trained, _backbone(built))
     _assert_same_backbone(built, _backbone(model))
     assert server.requests == [TGZ]  # The run downloaded it; build_model found it cached.
+
+
+def test_finetune_recipe_starts_from_imagenet_with_the_variants_architecture():
+    """hparams/finetune.yaml: ImageNet weights by name, and no architecture override that would make
+    them not fit."""
+    from hparams import config as config_lib  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = config_lib.load_config(dataset="synthetic", model="b0",
+                                    hparams_file=os.path.join(root, "hparams", "finetune.yaml"))
+    default = config_lib.load_config(dataset="synthetic", model="b0")
+    assert config.train.init_checkpoint == "imagenet"
+    assert (config.model.width, config.model.depth, config.model.blocks, config.model.head_filters) == (
+        default.model.width, default.model.depth, default.model.blocks, default.model.head_filters)
