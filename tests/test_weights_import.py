@@ -603,6 +603,23 @@ def test_archive_writing_past_the_cap_stopped(tmp_path, monkeypatch):
     assert os.listdir(destination) == []
 
 
+@pytest.mark.parametrize("suffix", [".tgz", ".zip"])
+def test_archive_of_too_many_members_refused_before_unpacking(tmp_path, suffix):
+    archive = str(tmp_path / f"many{suffix}")
+    names = [f"efficientnetv2-s/{i}" for i in range(weights_import.MAX_ARCHIVE_MEMBERS + 1)]
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            for name in names:
+                z.writestr(name, b"")
+    else:
+        _archive(archive, lambda tar: [_file(tar, name, b"") for name in names])
+    destination = tmp_path / "out"
+    with pytest.raises(weights_import.UnsafeArchiveError,
+                       match=rf"archive {re.escape(archive)} has more than 10000 members"):
+        weights_import.safe_extract(archive, str(destination))
+    assert os.listdir(destination) == []
+
+
 def test_safe_extract_refuses_a_folder_with_files(tmp_path):
     archive = _bomb(tmp_path, ".tgz", size=10)
     (tmp_path / "out").mkdir()

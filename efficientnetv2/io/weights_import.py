@@ -30,14 +30,15 @@ log says so; a model without a classifier (``include_top=False``) ignores the so
 
 Archives (``.tar``, ``.tgz``, ``.tar.gz``, ``.zip``) are unpacked into a temporary folder of ours by
 ``safe_extract``, which refuses members with absolute paths, ``..`` components, links that point
-outside the folder, special files and archives that unpack to more than ``max_unpacked_bytes``
-(``train.max_archive_mb``), before extracting anything; the checkpoint is then looked for only among
+outside the folder, special files, archives of more than MAX_ARCHIVE_MEMBERS members and archives that unpack to more
+than ``max_unpacked_bytes`` (``train.max_archive_mb``), before extracting anything; the checkpoint is then looked for only among
 the files unpacked (a ``checkpoint`` index file pointing elsewhere is ignored). The folder is removed
 afterwards, whatever happened.
 """
 
 import dataclasses
 import gzip
+import itertools
 import json
 import lzma
 import os
@@ -72,6 +73,8 @@ HEAD_LAYER = "predictions"
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 # train.max_archive_mb's default: the most bytes an archive may unpack to.
 DEFAULT_MAX_UNPACKED_BYTES = 4096 * 2**20
+# A checkpoint archive holds a handful of files; a few KB of tar headers can declare 100,000 empty ones.
+MAX_ARCHIVE_MEMBERS = 10_000
 _SUPPORTED = (
     "a run folder or checkpoint prefix of this project, a reference-release checkpoint (prefix or "
     "folder), a .tar/.tgz/.zip of one, a keras.applications .h5/.weights.h5, or a .keras model file"
@@ -179,7 +182,7 @@ class _Member:
 
 
 def _tar_members(tar):
-    for m in tar.getmembers():
+    for m in tar:  # Header by header: a count over the cap stops the reading.
         kind = ("file" if m.isfile() else "dir" if m.isdir() else "symlink" if m.issym()
                 else "hardlink" if m.islnk() else "other")
         yield _Member(m.name, kind, m.size if m.isfile() else 0, m.linkname, m)
@@ -210,8 +213,8 @@ def safe_extract(archive, destination, max_unpacked_bytes=DEFAULT_MAX_UNPACKED_B
 
     Refused (``UnsafeArchiveError``, before anything is written): absolute member names, names that
     leave ``destination`` (``..``), symbolic or hard links whose target is absolute or outside
-    ``destination``, devices, FIFOs and other special members, and members whose declared sizes add
-    up to more than ``max_unpacked_bytes``. While extracting, the bytes written are counted too and
+    ``destination``, devices, FIFOs and other special members, more than MAX_ARCHIVE_MEMBERS members,
+    and members whose declared sizes add up to more than ``max_unpacked_bytes``. While extracting, the bytes written are counted too and
     extraction stops once they pass the cap. A damaged archive raises ``ValueError``. After any
     failure ``destination`` is left empty: everything in it was written here.
     """
@@ -222,7 +225,11 @@ def safe_extract(archive, destination, max_unpacked_bytes=DEFAULT_MAX_UNPACKED_B
     is_zip = archive.endswith((".zip", ".keras"))
     try:
         with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)) as opened:
-            members = list(_zip_members(opened) if is_zip else _tar_members(opened))
+            members = list(itertools.islice(_zip_members(opened) if is_zip else _tar_members(opened),
+                                            MAX_ARCHIVE_MEMBERS + 1))
+            if len(members) > MAX_ARCHIVE_MEMBERS:
+                raise UnsafeArchiveError(f"archive {archive} has more than {MAX_ARCHIVE_MEMBERS} members (a "
+                                         "checkpoint archive holds a few files); nothing was kept")
             for member in members:
                 _check_member(archive, root, destination, member)
             declared = sum(m.size for m in members)
