@@ -39,6 +39,35 @@ def _model_dir():
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
+def _check_run_folder(model_dir):
+    """eval, export and predict read a run: its folder must be one (a file or a typo is one line)."""
+    if FLAGS.mode not in ("eval", "export", "predict") or "://" in model_dir:
+        return
+    if os.path.isfile(model_dir):
+        raise NotADirectoryError(f"--model_dir {model_dir} is a file, not a run folder; pass the folder "
+                                 f"training wrote (it holds config.yaml and checkpoints/)")
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"--model_dir {model_dir} does not exist; pass the folder training wrote")
+
+
+def _check_model_flag(config, model_dir):
+    """eval, export and predict use the run's own variant: a --model that says otherwise is refused,
+    as evaluating or exporting one variant while the user asked for another is a silent wrong result."""
+    from efficientnetv2.variants import get_variant
+    from hparams.config import ConfigError
+
+    if FLAGS.mode not in ("eval", "export", "predict") or not FLAGS["model"].present:
+        return
+    try:
+        asked, run = get_variant(FLAGS.model).name, get_variant(config.model.variant).name
+    except ValueError as e:
+        raise ConfigError(f"--model={FLAGS.model}: {e}") from None
+    if asked != run:
+        raise ConfigError(f"--model={FLAGS.model} but {model_dir} is a run of EfficientNetV2-{run.upper()} "
+                          f"(model.variant in its config.yaml); drop --model (the run decides) or pass a run of "
+                          f"EfficientNetV2-{asked.upper()}")
+
+
 def _drop_tensorflow_info(record):
     return record.levelno > std_logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
 
@@ -53,6 +82,7 @@ def main(argv):
 
     model_dir = _model_dir()
     try:
+        _check_run_folder(model_dir)
         config = config_lib.load_command_config(
             model_dir,
             use_saved=FLAGS.mode in ("eval", "export", "predict"),
@@ -62,7 +92,8 @@ def main(argv):
             overrides=FLAGS.hparams,
             model=FLAGS.model,
         )
-    except ConfigError as e:
+        _check_model_flag(config, model_dir)
+    except (ConfigError, NotADirectoryError, FileNotFoundError) as e:
         logging.error("%s", e)
         return 2
     logging.info("Model folder: %s", os.path.abspath(model_dir))
@@ -110,21 +141,26 @@ def _run(config, model_dir, strategy):
     elif FLAGS.mode == "eval":
         results = training.evaluate(config, model_dir, strategy, FLAGS.checkpoint)
         print(f"top1 {results.get('top1', float('nan')):.4f} top5 {results.get('top5', float('nan')):.4f} "
-              f"(checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
+              f"(EfficientNetV2-{_variant(config)}, checkpoint {results['checkpoint']}, epoch {results['epoch']}, {results['image_size']} px, "
               f"{_weights(results)})")
     elif FLAGS.mode == "export":
         from efficientnetv2.io import export
 
         export_dir = FLAGS.export_dir or os.path.join(model_dir, "export")
-        written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
+        try:
+            written = export.export_run(config, model_dir, export_dir, FLAGS.checkpoint)
+        except export.ExportInterrupted as e:
+            logging.error("%s", e)
+            return e.exit_code
         for kind, path in written.items():
-            logging.info("Exported %s: %s", kind, path)
+            logging.info("Exported EfficientNetV2-%s %s: %s", _variant(config), kind, path)
     elif FLAGS.mode == "predict":
         from efficientnetv2.io import export
 
         if not FLAGS.image:
             raise app.UsageError("--mode=predict needs at least one --image")
         failed = 0
+        logging.info("Predicting with the EfficientNetV2-%s run in %s", _variant(config), model_dir)
         for image, top5, error in export.predict_files(config, model_dir, FLAGS.image, FLAGS.checkpoint):
             if error is not None:
                 failed += 1
@@ -145,6 +181,12 @@ def _one_line(error):
     message = re.sub(r"\{\{function_node .*?\}\}|\[Op:[^\]]*\]", "", message)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:800]
+
+
+def _variant(config):
+    from efficientnetv2.variants import get_variant
+
+    return get_variant(config.model.variant).name.upper()
 
 
 def _weights(results):

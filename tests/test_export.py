@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from datasets import decode
 from efficientnetv2 import build_model
-from efficientnetv2.io import export
+from efficientnetv2.io import export, onnx_export
 from efficientnetv2.train import optimizers, training
 from efficientnetv2.io.checkpointing import CheckpointError, RunCheckpoint
 from efficientnetv2.model import build_model_from_config
@@ -82,8 +82,9 @@ def synthetic_images(n, height, width, seed=0):
 
 def test_written_files(run):
     written = run["written"]
+    onnx = {"onnx"} if onnx_export.available() else set()
     assert set(written) == {"saved_model", "keras", "tflite_float32", "tflite_dynamic_range", "labels",
-                            "manifest"}
+                            "manifest"} | onnx
     for path in written.values():
         assert os.path.exists(path) and path.startswith(run["export_dir"])
     manifest = json.loads(open(written["manifest"]).read())
@@ -502,3 +503,27 @@ def test_formats_agree_on_real_images(run):
     assert result["images"] == 200
     assert result["tflite_float32_vs_saved_model_max_abs_diff"] <= 1e-4
     assert result["quantized_vs_float32_top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_an_export_removes_its_temporary_folder_and_says_so(tmp_path, monkeypatch, signum):
+    export_dir = str(tmp_path / "export")
+    seen = []
+
+    def write_then_signalled(model, tmp, info, written, skipped, *formats):
+        with open(os.path.join(tmp, "saved_model"), "w") as f:
+            f.write("partial")
+        seen.append(tmp)
+        signal.raise_signal(signum)  # In this thread, as a user's SIGTERM would be handled in the main one.
+        raise AssertionError("the signal did not stop the export")
+
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(export, "_write_export", write_then_signalled)
+    with pytest.raises(export.ExportInterrupted) as error:
+        export.export_model(None, export_dir, None)
+    name = signal.Signals(signum).name
+    assert str(error.value) == (f"export to {export_dir} stopped by {name}; removed its temporary folder "
+                                f"{seen[0]}; {export_dir} is as it was")
+    assert error.value.exit_code == 128 + signum
+    assert os.listdir(tmp_path) == []
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers

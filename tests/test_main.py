@@ -52,13 +52,13 @@ def test_train_eval_export_predict(tmp_path, capsys, caplog):
     trained = re.search(r"Evaluation \(EMA weights, 48 px\): .*top1 ([0-9.]+), top5 ([0-9.]+)", log)
     assert trained, log[-2000:]
     assert (top1, top5) == (round(float(trained.group(1)), 4), round(float(trained.group(2)), 4))
-    assert "epoch 2, 48 px" in line[0]
+    assert "(EfficientNetV2-S, checkpoint " in line[0] and "epoch 2, 48 px" in line[0]
 
     export_dir = str(tmp_path / "export")
     with caplog.at_level(logging.INFO, logger="absl"):
         assert _main_in_process("--mode=export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
                                 "--verbosity=0") == 0
-    assert "Exported saved_model" in caplog.text
+    assert "Exported EfficientNetV2-S saved_model" in caplog.text
     assert os.path.isfile(os.path.join(export_dir, "saved_model", "saved_model.pb"))
     assert os.path.isfile(os.path.join(export_dir, "model.keras"))
 
@@ -143,7 +143,8 @@ def test_a_run_folder_nested_with_the_data_folder_is_refused_before_any_work(tmp
     os.symlink(data, tmp_path / "link")
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     model_dir = model_dir.format(data=data, tmp=tmp_path)
-    for mode in ("train", "train_and_eval", "eval"):
+    # eval reads an existing run folder: one that does not exist is refused as such first.
+    for mode in ("train", "train_and_eval") + (("eval",) if os.path.isdir(model_dir) else ()):
         caplog.clear()
         assert _main_in_process(f"--mode={mode}", f"--data_dir={data}", f"--model_dir={model_dir}",
                                 f"--hparams={tiny_hparams()}") != 0
@@ -179,3 +180,44 @@ def test_resuming_with_another_variant_names_the_runs_variant_even_when_changes_
     assert (f"{run} holds checkpoints of EfficientNetV2-B0 and this command asks for another architecture "
             "(model.variant: 'b0' -> 'efficientnetv2-s'); --allow_config_change cannot change") in errors[0]
     assert "Resume with --model=b0" in errors[0]
+
+
+@pytest.mark.parametrize("mode", ["eval", "export", "predict"])
+def test_reading_modes_refuse_a_model_dir_that_is_a_file_or_a_model_that_contradicts_the_run(tmp_path, caplog,
+                                                                                             mode):
+    from hparams import config as config_lib
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's notes\n")
+    extra = [f"--image={notes}"] if mode == "predict" else []
+    assert _main_in_process(f"--mode={mode}", f"--model_dir={notes}", *extra) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"--model_dir {notes} is a file, not a run folder; pass the folder training wrote (it holds config.yaml "
+        "and checkpoints/)"]
+    assert notes.read_text() == "the user's notes\n"
+
+    caplog.clear()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_lib.dump(config_lib.load_config(dataset="synthetic", model="b0")))
+    assert _main_in_process(f"--mode={mode}", f"--model_dir={run}", "--model=s", *extra) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"--model=s but {run} is a run of EfficientNetV2-B0 (model.variant in its config.yaml); drop --model (the "
+        "run decides) or pass a run of EfficientNetV2-S"]
+    assert sorted(os.listdir(run)) == ["config.yaml"]
+
+
+def test_an_interrupted_export_is_one_line_with_the_signals_exit_code(tmp_path, caplog, monkeypatch):
+    from efficientnetv2.io import export
+
+    def interrupted(config, model_dir, export_dir, checkpoint=None):
+        raise export.ExportInterrupted(f"export to {export_dir} stopped by SIGTERM; removed its temporary folder "
+                                       f"X; {export_dir} is as it was", 15)
+
+    monkeypatch.setattr(export, "export_run", interrupted)
+    (tmp_path / "run").mkdir()
+    assert _main_in_process("--mode=export", f"--model_dir={tmp_path / 'run'}", "--dataset=synthetic",
+                            f"--export_dir={tmp_path / 'out'}") == 143
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"export to {tmp_path / 'out'} stopped by SIGTERM; removed its temporary folder X; "
+                      f"{tmp_path / 'out'} is as it was"]

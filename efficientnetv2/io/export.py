@@ -10,6 +10,8 @@ no dropout, softmax probabilities, fixed to the evaluation image size) and write
       keras_applications.weights.h5     for keras.applications.EfficientNetV2<X>(weights=path, classes=N)
       model_float32.tflite              TFLite, float32, input [1, S, S, 3] float32 pixels in [0, 255]
       model_dynamic_range.tflite        TFLite with dynamic-range (int8 weight) quantization
+      model_int8.tflite                 TFLite, every op int8, uint8 in and out (export.tflite_int8; tflite_int8.py)
+      model.onnx                        ONNX, images [batch, S, S, 3] float32 in [0, 255] (onnx_export.py)
       labels.txt                        class names, one per line (when the data has names)
       export.json                       what was written, from which checkpoint, and what was skipped
 
@@ -59,7 +61,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
+import threading
 import uuid
 
 from absl import logging
@@ -67,7 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2.io import checkpointing, keras_applications
+from efficientnetv2.io import checkpointing, keras_applications, onnx_export, tflite_int8
 from efficientnetv2.io.checkpointing import restore_checkpoint, restore_with_fallback
 from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
@@ -76,6 +80,7 @@ from efficientnetv2.io.weights_import import find_checkpoint
 
 __all__ = [
     "export_run",
+    "ExportInterrupted",
     "check_export_dir",
     "export_model",
     "load_inference_model",
@@ -96,6 +101,8 @@ FILES = {
     "keras_applications_weights": "keras_applications.weights.h5",
     "tflite_float32": "model_float32.tflite",
     "tflite_dynamic_range": "model_dynamic_range.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "onnx": "model.onnx",
     "labels": "labels.txt",
     "manifest": "export.json",
 }
@@ -534,64 +541,144 @@ def _remove_stale_temps(export_dir):
             continue
 
 
+class ExportInterrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived during an export: its temporary folder was removed, the target is as
+    it was. ``exit_code`` is the shell's for that signal (128 + its number)."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _Signal(BaseException):
+    """Raised by ``_SignalsStop``'s handler; ``export_model`` turns it into ``ExportInterrupted``."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _SignalsStop:
+    """SIGTERM and SIGINT raise ``_Signal`` in the main thread while an export is written, so its
+    cleanup runs (SIGTERM's default ends the process without it); inside ``committing()`` (the
+    folder moving into place) they wait, so the target is never left half replaced."""
+
+    def __init__(self):
+        self._previous, self._committing, self.pending = {}, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum, frame):
+        if self._committing:
+            self.pending = signum
+            return
+        raise _Signal(signum)
+
+    def committing(self):
+        self._committing = True
+
+
 # ------------------------------------------------------------------------------------------------
 
 
-def export_model(model, export_dir, info):
+def export_model(model, export_dir, info, onnx="auto", calibration=None):
     """Writes every export format of the inference ``model`` (see the module docstring) into
-    ``export_dir``, atomically. Returns ``{kind: path}`` of what was written."""
+    ``export_dir``, atomically. Returns ``{kind: path}`` of what was written.
+
+    ``onnx`` is ``config.export.onnx``; ``calibration``, float32 images [n, S, S, 3], calibrates
+    ``model_int8.tflite`` (None: no such file). When ONNX fails, the other formats are exported and
+    then its ``OnnxExportError`` is raised."""
     export_dir = os.path.abspath(export_dir)
     _check_replaceable(export_dir)
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
     _remove_stale_temps(export_dir)
     tmp = f"{_temp_prefix(export_dir)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
     written, skipped = [], {}
-    try:
-        def path(kind):
-            return os.path.join(tmp, FILES[kind])
-
-        _write_saved_model(model, path("saved_model"), info.image_size, info.class_names)
-        written.append("saved_model")
-        model.save(path("keras"))
-        written.append("keras")
-        if info.keras_application_skip:
-            skipped["keras_applications_weights"] = info.keras_application_skip
-            logging.warning("No keras.applications weights file: %s.", info.keras_application_skip)
-        else:
-            write_keras_application_weights(model, path("keras_applications_weights"), info.variant)
-            written.append("keras_applications_weights")
-        function, module = _tflite_function(model, info.image_size)
-        for kind, quantize in (("tflite_float32", False), ("tflite_dynamic_range", True)):
-            with open(path(kind), "wb") as f:
-                f.write(_write_tflite(function, module, quantize))
-            written.append(kind)
-        if info.class_names:
-            with open(path("labels"), "w", encoding="utf-8") as f:
-                f.write("".join(f"{name}\n" for name in info.class_names))
-            written.append("labels")
-        manifest = {
-            "format": EXPORT_FORMAT,
-            "variant": info.variant.name,
-            "num_classes": info.num_classes,
-            "image_size": info.image_size,
-            "checkpoint": info.checkpoint,
-            "ema_weights": info.ema,
-            "inputs": "float32 or uint8 RGB pixels in [0, 255], [batch, height, width, 3]; resized to "
-                      "image_size inside the SavedModel (TFLite: exactly [1, image_size, image_size, 3] "
-                      "float32)",
-            "outputs": "softmax probabilities [batch, num_classes]",
-            "files": {kind: FILES[kind] for kind in written},
-            "skipped": skipped,
-        }
-        with open(path("manifest"), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-        written.append("manifest")
-        _replace_folder(tmp, export_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _SignalsStop() as signals:
+        try:
+            os.makedirs(tmp)
+            onnx_error = _write_export(model, tmp, info, written, skipped, onnx, calibration)
+            signals.committing()
+            _replace_folder(tmp, export_dir)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, _Signal):
+                name = signal.Signals(e.signum).name
+                raise ExportInterrupted(
+                    f"export to {export_dir} stopped by {name}; removed its temporary folder {tmp}; "
+                    f"{export_dir} is as it was", e.signum) from None
+            raise
+    if signals.pending is not None:
+        logging.warning("%s arrived while the export was moved into place; it completed first.",
+                        signal.Signals(signals.pending).name)
+    if onnx_error is not None:
+        raise onnx_error
     return {kind: os.path.join(export_dir, FILES[kind]) for kind in written}
+
+
+def _write_export(model, tmp, info, written, skipped, onnx, calibration):
+    """Writes every format into the folder ``tmp``, appending each kind to ``written``; returns the
+    ``OnnxExportError`` to raise once the others are in place, or None."""
+    def path(kind):
+        return os.path.join(tmp, FILES[kind])
+
+    _write_saved_model(model, path("saved_model"), info.image_size, info.class_names)
+    written.append("saved_model")
+    model.save(path("keras"))
+    written.append("keras")
+    if info.keras_application_skip:
+        skipped["keras_applications_weights"] = info.keras_application_skip
+        logging.warning("No keras.applications weights file: %s.", info.keras_application_skip)
+    else:
+        write_keras_application_weights(model, path("keras_applications_weights"), info.variant)
+        written.append("keras_applications_weights")
+    function, module = _tflite_function(model, info.image_size)
+    for kind, quantize in (("tflite_float32", False), ("tflite_dynamic_range", True)):
+        with open(path(kind), "wb") as f:
+            f.write(_write_tflite(function, module, quantize))
+        written.append(kind)
+    if calibration is not None:
+        with open(path("tflite_int8"), "wb") as f:
+            f.write(tflite_int8.convert(function, module, calibration))
+        written.append("tflite_int8")
+    onnx_error = None
+    try:
+        skipped["onnx"] = onnx_export.write_as_configured(model, path("onnx"), info.image_size, onnx)
+    except onnx_export.OnnxExportError as e:
+        onnx_error, skipped["onnx"] = e, str(e)
+    if not skipped["onnx"]:
+        del skipped["onnx"]
+        written.append("onnx")
+    if info.class_names:
+        with open(path("labels"), "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in info.class_names))
+        written.append("labels")
+    manifest = {
+        "format": EXPORT_FORMAT,
+        "variant": info.variant.name,
+        "num_classes": info.num_classes,
+        "image_size": info.image_size,
+        "checkpoint": info.checkpoint,
+        "ema_weights": info.ema,
+        "inputs": "float32 or uint8 RGB pixels in [0, 255], [batch, height, width, 3]; resized to "
+                  "image_size inside the SavedModel (TFLite: exactly [1, image_size, image_size, 3] "
+                  "float32; model_int8.tflite: uint8, quantized as its input details say; ONNX: "
+                  "[batch, image_size, image_size, 3] float32)",
+        "outputs": "softmax probabilities [batch, num_classes]",
+        "files": {kind: FILES[kind] for kind in written},
+        "skipped": skipped,
+    }
+    with open(path("manifest"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    written.append("manifest")
+    return onnx_error
 
 
 def export_run(config, model_dir, export_dir, checkpoint_path=None):
@@ -603,7 +690,10 @@ def export_run(config, model_dir, export_dir, checkpoint_path=None):
     """
     check_export_dir(export_dir, model_dir)
     model, info = load_inference_model(config, model_dir, checkpoint_path)
-    written = export_model(model, export_dir, info)
+    calibration = None
+    if config.export.tflite_int8:
+        calibration = tflite_int8.calibration_images(config, info.image_size, config.export.calibration_images)
+    written = export_model(model, export_dir, info, config.export.onnx, calibration)
     logging.info("Exported EfficientNetV2-%s (%s, %d px) to %s.", info.variant.name.upper(),
                  info.checkpoint, info.image_size, export_dir)
     return written
