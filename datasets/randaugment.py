@@ -1,64 +1,15 @@
 """RandAugment (Cubuk et al., 2020) in the units of the EfficientNetV2 reference release, as
 stateless graph-mode TensorFlow ops.
 
-`randaugment(image, seed, magnitude, num_layers)` applies `num_layers` ops, each drawn uniformly
-(with replacement) from the 16 below and always applied, at magnitude m.  Images are float32
-[H, W, 3] in [0, 255] and stay in that range.  All randomness (op choice, sign, cutout position)
-comes from `seed`, so the same seed gives the same image.
+`randaugment(image, seed, magnitude, num_layers)` applies `num_layers` ops drawn uniformly from
+the 16 in AUGMENTATIONS, at magnitude m; all randomness comes from `seed`.  Each op's parameter
+is a function of m in PARAMETERS, with the reference's formulas (google/automl
+`efficientnetv2/autoaugment.py`, `_MAX_LEVEL = 10`), so the paper's magnitudes mean what they
+meant there: m = 10 is a unit, not a maximum.
 
-The ops and their parameters are the reference's (google/automl `efficientnetv2/autoaugment.py`,
-`_MAX_LEVEL = 10`), so the paper's magnitudes (S 5 -> 15, M 5 -> 20, L 5 -> 25) mean what they
-meant there.  m = 10 is a unit, not a maximum: m is not clipped and most ops keep strengthening
-beyond it (`check_magnitude` accepts 0 to MAX_MAGNITUDE = 30).  "+-" is a random sign.
-
-| op            | parameter at magnitude m                          | m = 5        | m = 15         |
-|---------------|---------------------------------------------------|--------------|----------------|
-| auto_contrast | per-channel min-max stretch, full whatever m      | full         | full           |
-| equalize      | per-channel histogram equalization, full          | full         | full           |
-| invert        | 255 - x, full                                     | full         | full           |
-| rotate        | +-(m / 10 * 30) degrees about the center          | +-15 deg     | +-45 deg       |
-| posterize     | keep int(m / 10 * 4) bits (see below)             | 2 bits       | 6 bits         |
-| solarize      | invert x >= int(m / 10 * 256) (wraps, see below)  | x >= 128     | x >= 128 (384) |
-| color         | saturation factor m / 10 * 1.8 + 0.1              | 1.0 (none)   | 2.8            |
-| contrast      | contrast factor m / 10 * 1.8 + 0.1 (see below)    | 1.0 (none)   | 2.8            |
-| brightness    | brightness factor m / 10 * 1.8 + 0.1              | 1.0 (none)   | 2.8            |
-| sharpness     | sharpness factor m / 10 * 1.8 + 0.1               | 1.0 (none)   | 2.8            |
-| shear_x/y     | +-(m / 10 * 0.3) about the top-left corner        | +-0.15       | +-0.45         |
-| translate_x/y | +-(m / 10 * 100) pixels, whatever the image size  | +-50 px      | +-150 px       |
-| cutout        | gray square of side 2 * int(m / 10 * 40)          | 40 px        | 120 px         |
-| solarize_add  | add int(m / 10 * 110) to x < 128, clip at 255     | +55          | +165           |
-
-Translate and cutout are absolute pixels, set for the paper's 128-380 px images: at 56 px, m = 5
-already shifts by up to 50 px.  `pixel_scale` (config `data.randaug_pixel_scale`, default 1: the
-reference) multiplies both, so a run at k times the paper's sizes can keep their share of the image.
-
-Not monotonic in m, as in the reference: the enhance factors pass through 1 (no change) at m = 5
-and are strong at m = 0 (0.1: nearly gray, flat or black), Solarize weakens from m = 0 (every
-pixel inverted) towards m = 10, and Posterize keeps more bits as m grows (all 8 at m = 20).  So
-m = 0 is not the identity here; `datasets/pipeline.py` skips RandAugment at a magnitude of 0
-(a switch it reads as "off"), and num_layers = 0 turns it off too.
-
-Three behaviours of the reference come from its uint8 arithmetic.  All three are reproduced,
-because the paper's magnitudes were chosen with them and a user reading "m = 15" must get the
-augmentation the paper trained with:
-- Solarize compares the uint8 image with the threshold in uint8, so the threshold wraps modulo
-  256: m = 10 and m = 20 invert every pixel, m = 15 and m = 25 act like m = 5.  The only "fix"
-  that keeps the formula (a threshold capped at 256) would make Solarize the identity for every
-  m >= 10, i.e. change the strength of the paper's later stages; so the wrap stays.
-- Contrast blends towards a constant gray of min(H * W / 256, 255) (the pixel count of its
-  histogram / 256), not the image's mean gray as PIL does: at the paper's sizes a 128 px image
-  is pulled towards 64, 224 px towards 196, 256 px and larger towards 255 (m = 15 at 300 px
-  then blackens everything below about 164).  A bug, but the one the paper's numbers were
-  measured with; the size dependence is part of what its progressive stages trained on, so it
-  is reproduced (`contrast`), not fixed.  Test: test_contrast_blends_towards_pixel_count_gray.
-- Posterize shifts by 8 - bits in uint8, and TensorFlow clamps a shift to 7: 0 bits (m < 2.5)
-  and more than 8 bits (m >= 22.5, the paper's L at m = 25) keep 1 bit; 8 bits (m = 20 to 22.4)
-  change nothing.
-
-Differences that do not change an op's strength: the reference rounds to uint8 after every op
-(truncating); here values stay float32, so they differ by less than one level.  Geometric ops
-sample the nearest pixel and fill uncovered pixels with gray 128, as the reference; translations
-are rounded to whole pixels (as nearest sampling does).
+The reference's uint8 quirks (Solarize's wrapping threshold, Contrast's pixel-count gray,
+Posterize's clamped shift) are reproduced, not fixed: the paper's magnitudes were chosen with
+them.  The op table and these behaviours are in docs/randaugment.md.
 """
 
 import functools
@@ -72,7 +23,7 @@ MAX_MAGNITUDE = 30.0  # The largest m `check_magnitude` accepts (the reference s
 FILL_VALUE = 128.0
 
 
-# -- Magnitude m -> each op's parameter (the table in the module docstring). --------------------
+# -- Magnitude m -> each op's parameter (the table in docs/randaugment.md). -----------------
 
 def _level(m, scale: float) -> tf.Tensor:
     """m / 10 * scale, computed in float64 as the reference computes it in Python floats (so
@@ -143,7 +94,7 @@ _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's
 
 def auto_contrast(image: tf.Tensor) -> tf.Tensor:
     """Stretch each channel to [0, 255] (a flat channel is unchanged): x * a + b per channel."""
-    # Reducing rows, then columns, is several times faster than reducing both axes at once.
+    # Reducing rows, then columns, is faster on the CPU than reducing both axes at once.
     low = tf.reduce_min(tf.reduce_min(image, axis=0), axis=0)
     high = tf.reduce_max(tf.reduce_max(image, axis=0), axis=0)
     flat = high <= low
@@ -177,7 +128,7 @@ def invert(image: tf.Tensor) -> tf.Tensor:
 def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
     """Invert (255 - x) every pixel value >= threshold mod 256 (the reference's uint8 wrap)."""
     threshold = tf.math.floormod(tf.cast(threshold, tf.float32), 256.0)
-    # Select (v1) is about three times faster than tf.where's SelectV2 on equal shapes.
+    # Select (v1): on equal shapes it skips tf.where's (SelectV2's) broadcasting work.
     return tf.raw_ops.Select(condition=image >= threshold, x=255.0 - image, y=image)
 
 
@@ -209,7 +160,7 @@ def contrast(image: tf.Tensor, factor) -> tf.Tensor:
 
     The reference means PIL's contrast (around the mean gray) but divides the histogram's pixel
     count by 256 where it meant the sum of level * count by the pixel count; reproduced on
-    purpose (see the module docstring)."""
+    purpose (see docs/randaugment.md)."""
     shape = tf.shape(image)
     gray = tf.minimum(tf.floor(tf.cast(shape[0] * shape[1], tf.float32) / 256.0), 255.0)
     return _blend(gray, image, factor)
@@ -229,8 +180,8 @@ def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
     are kept, as PIL and the reference do.  Images of at least 3 x 3.
 
     blend(smooth, x, f) = x + (1 - f) * (smooth - x), smooth = (3x3 box sum + 4 x) / 13 (_SMOOTH).
-    The box sum is summed by shifted slices, rows then columns: four times faster than the
-    equivalent depthwise convolution on the CPU (its results differ in float rounding, < 1e-4)."""
+    The box sum is summed by shifted slices, rows then columns: cheaper on the CPU than the
+    equivalent depthwise convolution (its results differ in float rounding, < 1e-4)."""
     rows = image[:-2] + image[1:-1] + image[2:]
     box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
     interior = image[1:-1, 1:-1]
@@ -263,7 +214,7 @@ def _transform(image: tf.Tensor, x_row, y_row) -> tf.Tensor:
     The pixels of ImageProjectiveTransformV3 (NEAREST, CONSTANT, transform [a0, a1, a2, b0, b1,
     b2, 0, 0]), whose float32 arithmetic and rounding this repeats, but with one source index per
     pixel (not per channel), the index work of a shear on one axis only, and one gather of whole
-    pixels: on the CPU, about half the kernel's time for a shear.
+    pixels, which is cheaper on the CPU.
     test_transform_matches_the_tensorflow_kernel holds it to the kernel's output."""
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -409,7 +360,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, magnitude, num_layers: int = 
 
     The policy is one `tf.function` per (num_layers, pixel_scale), traced once per image shape in
     this process: a pipeline built again (every epoch, every run of a test session) calls the traced
-    graph of 16 ops instead of building it again (about 1-2 s each time on a CPU core).
+    graph of 16 ops instead of building it again.
     """
     check_magnitude(magnitude)
     check_pixel_scale(pixel_scale)
