@@ -1,42 +1,25 @@
 """Checkpoints that resume: save every epoch and on SIGTERM, keep the last N, restore with fallback.
 
-A checkpoint holds the model (weights and batch-norm statistics), the optimizer (slots, EMA weights,
-step) and the position in the run: ``epoch`` (completed epochs) and ``step_in_epoch`` (batches of the
-current epoch already trained, non-zero only for a checkpoint written on SIGTERM), with the records
-each input pipeline's batches used up to there (``data_position``). Training data is a pure function of
-(seed, epoch), so resuming skips those records (or, without them, ``step_in_epoch`` built batches) of
-that epoch and goes on exactly where the run stopped.
+A checkpoint holds the model, the optimizer (slots, EMA weights, step) and the position in the
+run: ``epoch``, ``step_in_epoch`` (non-zero only for a checkpoint written on SIGTERM) and the
+records each input pipeline used up to there (``data_position``). Training data is a pure function
+of (seed, epoch), so a resume skips those records and goes on exactly where the run stopped.
 
-``tf.train.CheckpointManager`` writes the data files first and only then rewrites its index
-(``checkpoint``), so a kill during a save leaves the index pointing at the previous checkpoint.
-``restore_latest`` also survives a damaged newest checkpoint (truncated or missing file): it warns,
-naming both, and falls back to the one before; it never silently starts from scratch over existing
-checkpoints. A damaged index (empty, not text, naming no checkpoint on disk) is a warning naming it:
-the checkpoints on disk are used, and a writer rewrites the index from them. The candidates and the fallback are the module's functions ``checkpoint_candidates``
-and ``restore_with_fallback``, which export and prediction use too (one restore path).
+This module is the one reader of the project's checkpoints, so every restore has the same
+fallback: training's resume and evaluation (``RunCheckpoint``), export and prediction
+(``restore_model``, EMA weights swapped in) and fine-tuning from a run (``read_weights``, by
+variable path, for a model whose classifier may differ). A damaged newest checkpoint or index is
+a warning naming it, and the one before is used (``checkpoint_candidates``,
+``restore_with_fallback``); existing checkpoints are never silently ignored.
 
-This module is the one reader of the project's checkpoints. Everything that restores a run goes
-through it: training's resume and evaluation (``RunCheckpoint``), export and prediction
-(``restore_model``: the model's weights restored the way training restores them, EMA weights swapped
-in), each with the fallback above, and fine-tuning from a run (``read_weights``: the same weights by
-variable path, for a model whose classifier may differ).
+The EMA weights (and averaged batch-norm statistics) are saved under our own name,
+``ema/<variable path>``, so reading them depends neither on the optimizer's kind nor on Keras'
+names; older checkpoints without that entry still read, by Keras' name, and resume with what
+they have.
 
-The EMA weights are saved under a name of ours: ``ema/<variable path>`` (the optimizer's moving
-averages, keyed by the path of the model variable they average), so reading them depends neither on
-the optimizer's kind nor on Keras' names for its variables. The averaged batch-norm statistics are
-there too (``ema/block1a/project_bn/moving_mean``; see ``optimizers``), and every reader uses them
-with the averaged weights. Checkpoints written before that entry existed still read: their EMA is
-found by Keras' name for it (``<path with / as _>_average``), and, like those written before the
-random-generator states (``rng``), they resume with what they have; a checkpoint without averaged
-statistics resumes with their averages restarted at the restored statistics, and evaluates and
-exports with the model's statistics.
-
-TensorFlow writes a checkpoint into ``ckpt-<N>_temp/`` and renames its files into place at the end;
-a save that fails (disk full, read-only folder) or is killed leaves that folder behind. A failed
-save raises ``CheckpointError`` naming the checkpoint and the previous one, which is kept; the next
-save of a run removes leftover ``ckpt-<N>_temp`` folders (that exact name only), saying so. Not at
-construction: an evaluation reading the folder while training writes must not remove a save in
-progress.
+A failed save (disk full, read-only folder) raises ``CheckpointError`` and keeps the previous
+checkpoint; the next save of a run removes the ``ckpt-<N>_temp`` folders TensorFlow leaves
+behind. Not at construction: an evaluation reading the folder must not remove a save in progress.
 """
 
 import concurrent.futures

@@ -1,39 +1,26 @@
 """Pretrained weights into a built model: our runs, keras.applications files, the reference release.
 
-``load_pretrained(model, path, variant)`` reads these formats and finds which one ``path`` holds
-(``variant`` must agree with the model's name when that names a variant, as ``build_model``'s does):
+``load_pretrained(model, path, variant)`` finds which format ``path`` holds (``variant`` must agree
+with the model's name when that names a variant):
 
-1. Our own checkpoints (``RunCheckpoint``): a run folder (``model_dir``, using
-   ``model_dir/checkpoints``' latest), a checkpoints folder, or a checkpoint prefix
-   (``.../ckpt-1200``). They are read by ``checkpointing.read_weights``, the one reader of our
-   checkpoints, and matched by their Keras path (``block3a/se/se_reduce/kernel``); their EMA weights
-   are used when present. (Export and prediction, whose model is the run's own, restore through
-   ``checkpointing.restore_model`` instead; this by-name reading is for fine-tuning, where the
-   classifier may differ.)
-2. keras.applications EfficientNetV2 weight files: ``.h5`` as distributed (legacy layout) or Keras 3
-   ``.weights.h5``. The keras.applications model of ``variant`` is built with ``weights=None``, the
-   file is loaded into it with ``load_weights`` (which checks its structure), and its layers are
-   copied into ours by the names of ``keras_applications.layer_map``.
-3. The reference release's TF checkpoints (a prefix, a folder, or the released ``.tgz``), whose
-   variables are named ``efficientnetv2-s/blocks_7/conv2d_1/kernel`` and so on (see
-   ``reference_names``); their ``/ExponentialMovingAverage`` copies are used when present.
-4. ``.keras`` model files (from our export or ``keras.applications``): unpacked like an archive, the
-   saved model rebuilt from its config (safe mode) with its weights, then read as format 1 (ours)
-   or 2 (keras.applications).
+1. Our own checkpoints: a run folder, a checkpoints folder or a checkpoint prefix, read by
+   ``checkpointing.read_weights`` (the one reader of our checkpoints) by Keras path, EMA weights
+   when present. By name, because a fine-tuned classifier may differ.
+2. keras.applications EfficientNetV2 files (``.h5`` or ``.weights.h5``): loaded into the
+   keras.applications model of ``variant``, then copied by ``keras_applications.layer_map``.
+3. The reference release's TF checkpoints (prefix, folder or released ``.tgz``), by
+   ``reference_names``; their ``/ExponentialMovingAverage`` copies when present.
+4. ``.keras`` model files: rebuilt from their config (safe mode), then read as 1 or 2.
 
-Every format goes through one strict assignment (``_assign``): every backbone weight of the model must
-be found with its exact shape, and the source must hold no backbone weights the model lacks, else a
-``ValueError`` names what is missing, extra or of the wrong shape and nothing is assigned (no silent
-partial load). Only the classifier (``predictions``) may be left out: when the source's class count
-differs from the model's, or the source has no classifier, the head keeps its initialization and the
-log says so; a model without a classifier (``include_top=False``) ignores the source's.
+Every format goes through one strict assignment (``_assign``): every backbone weight must be found
+with its exact shape and the source may hold no extra ones, else a ``ValueError`` names them and
+nothing is assigned. Only the classifier may be left out (another class count, or none), and the
+log says so.
 
-Archives (``.tar``, ``.tgz``, ``.tar.gz``, ``.zip``) are unpacked into a temporary folder of ours by
-``safe_extract``, which refuses members with absolute paths, ``..`` components, links that point
-outside the folder, special files, archives of more than MAX_ARCHIVE_MEMBERS members and archives that unpack to more
-than ``max_unpacked_bytes`` (``train.max_archive_mb``), before extracting anything; the checkpoint is then looked for only among
-the files unpacked (a ``checkpoint`` index file pointing elsewhere is ignored). The folder is removed
-afterwards, whatever happened.
+Archives are unpacked by ``safe_extract`` into a temporary folder of ours, which refuses unsafe
+members (absolute paths, ``..``, outside links, special files) and archives over
+MAX_ARCHIVE_MEMBERS members or ``train.max_archive_mb`` before extracting anything, and is removed
+afterwards.
 """
 
 import dataclasses
