@@ -5,30 +5,22 @@
                                          randaug_magnitude=5, seed=0, epoch=epoch)
     evaluation = datasets.build_eval_dataset(src, batch_size=64, image_size=384)
     steps = datasets.steps_per_epoch(src, global_batch_size=64)
-    datasets.skipped_images()                          # undecodable images skipped so far
-    datasets.skipped_shards()                          # corrupt TFRecord shards cut short so far
 
-Determinism.  `build_train_dataset` returns ONE epoch, and everything in it (which examples, in
-which order, every crop, flip, RandAugment op and sign, mixup/CutMix weight and box) is a pure
-function of (seed, epoch) and the input pipeline id: all randomness is stateless
-(tf.random.stateless_*, stateless_shuffle, seeds folded from (seed, epoch, stream, pipeline,
-example or batch index)); no tf.data shuffle buffer and no global seed is involved.  A run
-resumed at epoch e rebuilds epoch e and sees exactly the batches it would have seen.
-`build_eval_dataset` is deterministic too.  Undecodable images (corrupt, truncated, empty,
-not an image) are skipped, logged and counted (`skipped_images()`), never fatal; skipping one
-does not change what the others get.  A corrupt or truncated TFRecord shard is read up to the
-damage, the rest of it skipped with a warning naming it, and counted (`skipped_shards()`).
+Determinism.  `build_train_dataset` returns ONE epoch, and everything in it (examples, order,
+crops, flips, RandAugment, mixup/CutMix) is a pure function of (seed, epoch) and the input
+pipeline id: all randomness is stateless, with no shuffle buffer and no global seed, so a run
+resumed at epoch e sees exactly the batches it would have seen.  Undecodable images and damaged
+TFRecord shards are skipped, logged and counted (`skipping`), never fatal.
 
-Training images are uint8 (a quarter of float32's bytes to batch on the host and to send to the
-device); with mixup/CutMix on, each batch's first element is (images, mix): the mixing is drawn
-here and applied to the labels, and the train step applies it to the images on the device
-(`mixing.mixed_images`).  Eval images are float32 [0, 255].  Normalization belongs to the model.
-Labels are float32 one-hot (multi-hot for ImageNet-21k), soft where mixed.
+Training images are uint8 (a quarter of float32's bytes to batch and send to the device); with
+mixup/CutMix on, the mixing is drawn here and applied to the labels, and the train step applies
+it to the images on the device (`mixing.mixed_images`).  Eval images are float32 [0, 255];
+normalization belongs to the model.  Labels are float32 one-hot (multi-hot for ImageNet-21k).
 
 Modules: catalog (get_source), source (the Source interface), synthetic, folder, tfrecord,
 tfds_source, records (TFRecord formats), ordering (sharding, stateless shuffles), decode (crops),
-randaugment, mixing, skipping, pipeline (the builders), service (tf.data service: dispatcher,
-workers, distribute), build_tfrecords (converter CLI).
+randaugment, mixing, skipping, pipeline (the builders), service (tf.data service), build_tfrecords
+(converter CLI).
 """
 
 import importlib.metadata

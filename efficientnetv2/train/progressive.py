@@ -1,34 +1,23 @@
 """Progressive learning with adaptive regularization, as a Keras callback that owns the stages.
 
-The mechanism, and why. Keras 3's ``fit`` builds its data iterator once per call, so no callback can
-swap the dataset in the middle of a call. The trainer therefore calls ``fit`` once per epoch
-(``initial_epoch=e, epochs=e + 1``) and this callback is in charge at every call boundary:
+Keras 3's ``fit`` builds its data iterator once per call, so no callback can swap the dataset in
+the middle of a call. The trainer therefore calls ``fit`` once per epoch and this callback is in
+charge at every call boundary:
 
-1. ``dataset_for_epoch(e)``: the trainer asks the callback for epoch ``e``'s training data; the
-   callback builds it with its stage's image size, RandAugment magnitude and mixup alpha (through
-   ``dataset_fn``; under a ``tf.distribute`` strategy via ``distribute_datasets_from_function``). Each
-   stage has one static image size, so TPUs get static shapes.
+1. ``dataset_for_epoch(e)``: epoch ``e``'s training data at its stage's image size, RandAugment
+   magnitude and mixup alpha (one static size per stage, so TPUs get static shapes).
 2. ``on_epoch_begin(e)``: at a stage boundary (or the first epoch after a restart) it sets the head
-   dropout rate and the EMA's decay per step (below) and rebuilds the model's train function (``make_train_function(force=True)``). The
-   rebuilt function is traced once, on the first step of the stage, with the stage's image size and
-   dropout; every later epoch of the stage reuses it. (Without the rebuild, Keras' ``reduce_retracing``
-   would relax the image size to ``None`` at the second size and never trace again, keeping the old
-   dropout rate.)
-3. ``on_epoch_end(e)``: adds ``stage``, ``image_size``, ``batch_size``, ``randaug_magnitude``,
-   ``mixup_alpha`` and ``dropout_rate`` to the epoch's logs, so the progress bar, TensorBoard and the
-   CSV log show them.
+   dropout and the EMA's decay per step and rebuilds the train function, traced once per stage.
+   (Without the rebuild, Keras' ``reduce_retracing`` would relax the image size to ``None`` and
+   keep the old dropout rate.)
+3. ``on_epoch_end(e)``: adds the stage's parameters to the epoch's logs.
 
-All of them take effect at the first step of the new stage. Restarting inside stage ``i`` resumes
-with stage ``i``'s parameters because everything is a function of the epoch number (``schedules``).
+Everything is a function of the epoch number (``schedules``), so a restart inside stage ``i``
+resumes with stage ``i``'s parameters. A stage with a larger batch (``progressive.batch_scaling``)
+takes fewer steps; its EMA decay per step becomes ``decay ** (stage batch / final batch)``, so the
+average spans the same number of images in every stage.
 
-A stage with a larger batch (``progressive.batch_scaling``) takes fewer steps per epoch; its
-learning rate is the schedule's business (``schedules.LearningRateSchedule(segments=...)``). The EMA
-of the weights averages over steps, so its decay per step becomes ``decay ** (stage batch / final
-batch)``: the average spans the same number of images in every stage (``decay`` itself when the
-batches agree).
-
-``StageImages`` writes a few augmented training images to TensorBoard at the start of each stage,
-so a person can see what the stage's RandAugment magnitude and mixup do to them.
+``StageImages`` writes a few augmented training images to TensorBoard at the start of each stage.
 """
 
 from absl import logging
