@@ -10,10 +10,8 @@ image, CutMix with w = 1 inside a box.  So a batch's mixing is five numbers per 
 (`plan`: w and the region's rows and columns), drawn where the batch is built, and `apply` mixes
 the images wherever they are.  The input pipeline draws the plan and mixes the labels on the host,
 and hands over the images unmixed (uint8, a quarter of float32's bytes); the trainer's train step
-casts and mixes them on the device, instead of ~0.5 ms of host CPU per image and a 69 MB float
-buffer per batch of 64 at 300 px in the pipeline.  (Not measured on an accelerator; when the device
-is this 2-core CPU the cast and mix cost 2.1 ms per image at 300 px, about 1% of a B0 train step
-there.)  `mix_batch` does both at once, for callers that want mixed images.
+casts and mixes them on the device, instead of host CPU per image and a float buffer per batch
+in the pipeline.  `mix_batch` does both at once, for callers that want mixed images.
 """
 
 import tensorflow as tf

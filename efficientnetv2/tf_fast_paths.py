@@ -25,9 +25,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     synchronized statistics, this layer uses it; otherwise (inference included), and under every
     other backend, it is Keras' layer unchanged. The variables, their names and updates are Keras'
     (the moving variance gets the biased batch variance, as Keras' does), so weights move both ways
-    with keras.applications; results agree to float rounding. Measured with
-    benchmarks/model_throughput.py, it makes EfficientNetV2-S train faster than keras.applications'
-    on CPU; alone, one such layer trains 2-3 times faster than Keras'.
+    with keras.applications; results agree to float rounding. It is there for speed: the figures
+    are benchmarks/model_throughput.py's, in docs/benchmarks.md.
     """
 
     # The fused kernel raises smaller epsilons to this; Keras' layer does not.
@@ -48,8 +47,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        # Inference stays Keras' (a multiply and an add per element): measured, the fused kernel
-        # in inference was no faster on CPU (oneDNN) for EfficientNetV2-S.
+        # Inference stays Keras' (a multiply and an add per element): the fused kernel gains
+        # nothing there on CPU (oneDNN).
         if not (training and self.trainable) or not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only under the TensorFlow backend
@@ -71,7 +70,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 def foldable(conv, bn):
     """Whether ``bn(conv(x))`` in inference can be one convolution (see ``folded_conv_bn``)."""
     if keras.backend.backend() != "tensorflow":
-        return False  # measured only there; XLA fuses the elementwise ops anyway
+        return False  # only TensorFlow's kernels need it; XLA fuses the elementwise ops anyway
     if isinstance(conv, keras.layers.DepthwiseConv2D):
         plain = conv.depth_multiplier == 1
     else:

@@ -19,10 +19,8 @@ def pytest_configure(config):
 # The longest test files, longest first. With `--dist loadfile` a file runs whole on one worker, and
 # the workers take files in collection order (pytest.ini turns off xdist's reordering by test count,
 # which put these few-test files last): started first, they overlap the many short files instead of
-# leaving one worker alone at the end; every file over ~15 s is listed, so that the last minute is
-# files of a few seconds (2026-12-03: the two workers ended 21-25 s apart with test_model.py,
-# test_weights_import.py or test_keras_applications.py last). Measured with `--durations`; the
-# order is only a schedule.
+# leaving one worker alone at the end; the files that run longest (by `--durations`) are listed,
+# so that the last minute is short files. The order is only a schedule.
 LONGEST_FIRST = [
     "test_faults.py",
     "test_preemption.py",

@@ -21,11 +21,10 @@ from tests.distributed_worker import ROOT, run_two_workers, worker_env
 # half batch's gradient and the all-reduce adds the halves, where one device adds all 8 examples at
 # once. float32 rounds each sum to ~1e-7 relative (2**-23); RMSProp's step divides the gradient by
 # its running RMS, so a relative gradient error becomes the same relative error of a step of size
-# ~lr, and the 6 steps add up: differences of ~1e-7..1e-6 on weights of order 1 (measured: at most
-# 6e-7 for weights and batch-norm statistics, 2e-7 for EMA weights). 1e-5 leaves 10x room and is
+# ~lr, and the 6 steps add up: differences of ~1e-7..1e-6 on weights of order 1. 1e-5 leaves 10x room and is
 # still 4 orders of magnitude below what one real bug does: unsynchronized batch norm moves the
 # weights by ~0.3 (asserted in the slow set, so this comparison can fail). mixed_float16 computes activations in
-# float16 (2**-10 ~ 1e-3 relative): measured 4e-4; tolerance 2e-3 (2 float16 ulps at 1.0).
+# float16 (2**-10 ~ 1e-3 relative); tolerance 2e-3 (2 float16 ulps at 1.0).
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 FLOAT16 = dict(rtol=2e-3, atol=2e-3)
 
@@ -71,7 +70,7 @@ def assert_replicas_split_the_global_batch(one, replicas):
     assert set().union(*parts) == {image.tobytes() for image in _images(one)[0]}
 
 
-@pytest.mark.slow  # two strategies in a subprocess, about 65 s on 2 cores
+@pytest.mark.slow  # two strategies in a subprocess
 def test_mirrored_with_synchronized_batch_norm_trains_the_single_device_model(local_runs):
     one, mirrored = local_runs["one"], local_runs["mirrored"]
     assert int(mirrored["replicas"]) == 2 and int(one["replicas"]) == 1
@@ -90,7 +89,7 @@ def test_unsynchronized_batch_norm_differs_as_expected(tmp_path):
     assert moved > 100 * FLOAT32["atol"], moved  # Per-replica statistics: another model.
 
 
-@pytest.mark.slow  # two worker processes, about 60 s on 2 cores
+@pytest.mark.slow  # two worker processes
 def test_multiworker_trains_the_single_device_model(local_runs, tmp_path):
     results = run_two_workers(lambda index: ["equivalence-multiworker", str(tmp_path), str(index)])
     for returncode, err in results:
@@ -108,7 +107,7 @@ def test_multiworker_trains_the_single_device_model(local_runs, tmp_path):
     assert not any(p.name.startswith(".worker-") for p in (tmp_path / "multiworker").iterdir())
 
 
-@pytest.mark.slow  # two worker processes, about 60-90 s on 2 cores
+@pytest.mark.slow  # two worker processes
 def test_multiworker_train_and_eval_evaluates_every_example_once_and_keeps_the_best_on_the_chief(tmp_path):
     """``--mode=train_and_eval`` with 2 workers on a validation split of 13 records in 3 shards (one
     worker reads 9, the other 4: 5 and 2 steps of 2 examples), an evaluation after each of 2 epochs."""
@@ -144,8 +143,7 @@ def test_mirrored_mixed_float16_with_loss_scaling_trains_the_single_device_model
     assert_same_model(runs["one_fp16"], runs["mirrored_fp16"], FLOAT16)
     # The same top-1 up to an example or two of the 1,000: the weights agree to float16's tolerance,
     # not bit for bit, and the 10 logits of a model 6 steps into training are close together, so
-    # float16 rounding (~1e-3 relative) can flip a near tie. Measured: equal in earlier sessions' runs,
-    # one example apart (0.089 vs 0.090) on an Intel Xeon with AVX-512 (2026-12-03).
+    # float16 rounding (~1e-3 relative) can flip a near tie (seen on AVX-512 CPUs).
     assert int(runs["mirrored_fp16"]["eval_examples"]) == int(runs["one_fp16"]["eval_examples"]) == 1000
     assert abs(float(runs["mirrored_fp16"]["eval_top1"]) - float(runs["one_fp16"]["eval_top1"])) <= 2 / 1000
 

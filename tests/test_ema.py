@@ -137,7 +137,7 @@ def test_checkpoint_without_averaged_statistics_resumes_with_them_restarted(tmp_
         np.testing.assert_array_equal(np.array(v), trained[v.path], err_msg=v.path)
 
 
-@pytest.mark.slow  # about 35 s; the SIGKILL test compares every checkpoint variable, averages included
+@pytest.mark.slow  # the SIGKILL test compares every checkpoint variable, averages included
 def test_training_resumes_the_averaged_statistics_bit_for_bit(tmp_path):
     overrides = {"train.epochs": 2, "progressive.num_stages": 1, "eval.steps": 1}
     config = tiny_config(**overrides)

@@ -96,7 +96,7 @@ def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tmp_path):
 # stage 2, resuming from the end of stage 1 (ckpt-5); this one (4 epochs) resumes from a checkpoint inside
 # stage 1 (ckpt-5) and adds a kill at step 17, a resume inside the second stage (ckpt-15) that
 # tests/test_progressive.py's resumed run landing inside a later stage covers in-process. The
-# whole sweep again, seven processes: about 90 s.
+# whole sweep again, seven processes.
 @pytest.mark.slow
 def test_sigkill_sweep_with_a_kill_inside_a_stage_resumes_to_bit_identical_weights(tmp_path):
     _kill_and_resume(tmp_path, [BEFORE_ANY_CHECKPOINT, IN_A_SAVE, AT_A_STAGE_START[4], INSIDE_A_STAGE], epochs=4)

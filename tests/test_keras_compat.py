@@ -29,7 +29,7 @@ def _data():
 @pytest.mark.slow  # A canary for an upstream fix (2 processes); the workarounds are exercised in the
 # normal suite by tests/test_distribute.py's multi-worker training.
 def test_keras_multi_worker_fit_still_needs_both_workarounds(tmp_path):
-    """2 worker processes (about 12 s here; a single-worker MultiWorkerMirroredStrategy does not
+    """2 worker processes (a single-worker MultiWorkerMirroredStrategy does not
     show either bug). Each worker fits a plain Keras model as is, with the symbolic build only, and
     with both workarounds."""
     results = run_two_workers(lambda index: ["keras-canary", str(tmp_path / f"canary{index}.json")])

@@ -137,7 +137,7 @@ def test_per_stage_batch_steps_learning_rate_and_ema_follow_the_stage(tmp_path):
     assert result["logs"]["batch_size"] == 8
 
 
-@pytest.mark.slow  # tests/test_steps_per_execution.py preempts inside per-stage batches too; about 45 s
+@pytest.mark.slow  # tests/test_steps_per_execution.py preempts inside per-stage batches too
 def test_a_run_preempted_inside_a_larger_batch_stage_resumes_to_the_same_weights(tmp_path):
     config = tiny_config(**SCALED)
     straight = training.train(config, str(tmp_path / "straight"), verbose=0)

@@ -139,7 +139,7 @@ def test_preemptions_at_execution_ends_resume_bit_identically(tmp_path, caplog):
     assert_same_checkpoints(tmp_path / "straight", run)
 
 
-@pytest.mark.slow  # the preemption test resumes mid-epoch under the same settings; about 30 s
+@pytest.mark.slow  # the preemption test resumes mid-epoch under the same settings
 def test_max_epochs_stop_resumes_bit_identically(tmp_path):
     config = tiny_config(**SETTINGS)
     training.train(config, str(tmp_path / "straight"), verbose=0)

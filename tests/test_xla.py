@@ -43,7 +43,7 @@ def _run(model_dir, jit):
     return counter.traces, result, weights
 
 
-@pytest.mark.slow  # XLA compiles two stages twice, about 45 s on 2 cores
+@pytest.mark.slow  # XLA compiles two stages twice
 def test_the_train_step_compiles_with_xla_once_per_stage_and_matches_without(tmp_path):
     traces, xla, xla_weights = _run(tmp_path / "xla", "true")
     assert xla["plan"].jit_compile

@@ -64,7 +64,7 @@ def build_compiled_from_symbolic_batch(model, data_batch):
     trainer), which fails: "ValueError: Attempt to convert a value (PerReplica:{...}) with an
     unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>) to a Tensor."
     A single-worker MultiWorkerMirroredStrategy and MirroredStrategy do not fail.
-    Upstream: no issue with this exact symptom found as of 2026-12-02; the open umbrella issue
+    Upstream: no issue with this exact symptom found (Keras 3.15.1); the open umbrella issue
     "Does Keras 3 work with tf.distribute.MultiWorkerMirroredStrategy?" is
     https://github.com/keras-team/keras/issues/20585 (its example, the TensorFlow multi-worker
     tutorial, fails in ``fit``).
@@ -103,8 +103,8 @@ class KeepTrainingWeightsAtEndOfFit:
     after the last epoch"); it is no bug for one ``fit`` per run, but the trainer calls ``fit`` once
     per epoch, so every epoch would restart from the averaged weights. The EMA weights are swapped
     in explicitly where they are used (``optimizers.swap_ema_weights``).
-    Upstream: no issue asking for a way to keep the weights at the end of ``fit`` found as of
-    2026-12-02; the related discussion of EMA during ``fit`` is
+    Upstream: no issue asking for a way to keep the weights at the end of ``fit`` found (Keras
+    3.15.1); the related discussion of EMA during ``fit`` is
     https://github.com/keras-team/keras/issues/18949 (it led to ``keras.callbacks.SwapEMAWeights``,
     which does not stop the overwrite).
     """
@@ -121,18 +121,18 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
     ``fit(initial_epoch=e, epochs=e + 1)`` once per epoch, so its header reads "Epoch 3/3" in epoch 3
     of a 350-epoch run. Not a Keras bug (``fit`` knows only its own epochs). This class prints
     ``header`` instead and keeps Keras' own header off by telling it of one epoch.
-    Upstream: no issue found as of 2026-12-02.
+    Upstream: no issue found (Keras 3.15.1).
 
     Also found with Keras 3.15.1: with ``steps_per_execution`` = n, ``on_train_batch_end`` gets the
     index of an execution's last step, ``begin + n - 1`` for the epoch's last, partial execution too
     (``EpochIterator._enumerate_iterator``), so the bar shows e.g. "12/10" before its final "10/10".
-    This class caps the index at the epoch's last step. Upstream: no issue found as of 2026-12-02.
+    This class caps the index at the epoch's last step. Upstream: no issue found (Keras 3.15.1).
     Its canary is in ``tests/test_steps_per_execution.py`` with the trainer's other uses of the index.
 
     Also found with Keras 3.15.1: an epoch stopped early (``model.stop_training`` set by the trainer's
     preemption or non-finite-loss handling) still ends its bar at the target, "20/20" after one step,
     with the time per step divided by 20 (``ProgbarLogger._finalize_progbar``). This class ends it
-    where the epoch stopped. Upstream: no issue found as of 2026-12-03; canary in
+    where the epoch stopped. Upstream: no issue found (Keras 3.15.1); canary in
     ``tests/test_keras_compat.py``.
     """
 
@@ -171,7 +171,7 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
     got a new events file every epoch (350 for an ImageNet run), each with its own copy of the
     summary. Not a Keras bug (``fit`` is meant to be called once per run). Here the writers and the
     summary outlive the calls: ``fit`` ends with a flush, and ``close()`` closes the files at the end
-    of the run. Upstream: no issue found as of 2026-12-03.
+    of the run. Upstream: no issue found (Keras 3.15.1).
     """
 
     def set_model(self, model):
@@ -197,7 +197,7 @@ def skip_empty_batches_in_evaluation(model):
     examples left an empty batch, and a convolution followed by batch normalization fails on it inside
     ``tf.function``: "Incompatible shapes: [8] vs. [0,48,48,3] [[{{node replica_1/.../stem_bn_1/
     batchnorm/mul_1}}]]" (the empty convolution output keeps its input's channels). Eagerly, and a
-    batch-norm layer alone, are fine. Upstream: no issue found as of 2026-12-02. Apply it before
+    batch-norm layer alone, are fine. Upstream: no issue found (Keras 3.15.1). Apply it before
     ``fix_multi_worker_fit`` (whose log reshaping then wraps this step).
     """
     import tensorflow as tf  # noqa: PLC0415 (only the TensorFlow trainer asks)
