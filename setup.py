@@ -14,9 +14,13 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<2.22",
 ]
 
+# model.onnx (--mode=export, efficientnetv2/io/onnx_export.py) and its check in onnxruntime.
+ONNX = ["tf2onnx>=1.17,<1.18", "onnx>=1.23,<1.24", "onnxruntime>=1.32,<1.33"]
+
 EXTRAS = {
     "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4", "hypothesis>=6.100,<7", "jax[cpu]>=0.10.2,<0.11",
-             "pillow>=10,<14", "importlib-resources>=6,<8"],
+             "pillow>=10,<14", "importlib-resources>=6,<8", *ONNX],
+    "onnx": ONNX,
     # keras-cv is only the comparison baseline of benchmarks/input_pipeline.py; matplotlib draws
     # benchmarks/time_to_accuracy.py --plot.
     "bench": ["keras-cv==0.9.0", "jax[cpu]>=0.10.2,<0.11", "matplotlib"],

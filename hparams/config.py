@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "ProgressiveConfig",
     "EvalConfig",
+    "ExportConfig",
     "load_config",
     "load_command_config",
     "parse_overrides",
@@ -223,12 +224,23 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class ExportConfig:
+    # model.onnx: "auto" writes it when the converter (the "onnx" extra) is installed and otherwise
+    # skips it with a warning; "true" fails the export without it; "false" never writes it.
+    onnx: str = setting("auto", choices=("auto", "true", "false"))
+    # model_int8.tflite, full-integer, calibrated on calibration_images training images.
+    tflite_int8: bool = False
+    calibration_images: int = setting(300, at_least=1, at_most=10_000)
+
+
+@dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     progressive: ProgressiveConfig = dataclasses.field(default_factory=ProgressiveConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
 def _leaves(node, prefix=""):

@@ -1,0 +1,161 @@
+"""ONNX and full-integer TFLite exports (efficientnetv2/io/onnx_export.py, tflite_int8.py).
+
+The reference is the SavedModel's ``serving_default`` (what the exporter has always written and the
+other tests check against the Keras model), fed the same photos; ONNX runs in onnxruntime.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from datasets import decode
+from efficientnetv2 import build_model
+from efficientnetv2.io import export, onnx_export, tflite_int8
+from efficientnetv2.variants import VARIANTS, get_variant
+from tests.datasets_helpers import IMAGENETTE
+from tests.training_helpers import tiny_config
+from tests.weights_randomizer import randomize_weights
+
+ort = pytest.importorskip("onnxruntime", reason='needs the "onnx" extra')
+pytest.importorskip("tf2onnx", reason='needs the "onnx" extra')
+
+
+def photos(size, count=6):
+    """``count`` imagenette validation photos, center-cropped like evaluation; synthetic when absent."""
+    root = os.path.join(IMAGENETTE, "val")
+    if not os.path.isdir(root):
+        rng = np.random.default_rng(0)
+        return rng.uniform(0, 255, (count, size, size, 3)).astype("float32")
+    classes = sorted(os.listdir(root))
+    paths = [os.path.join(root, c, sorted(os.listdir(os.path.join(root, c)))[0]) for c in classes][:count]
+    return np.stack([decode.center_crop(tf.io.read_file(p), size).numpy() for p in paths])
+
+
+def inference_model(variant, size, classes=10, seed=0):
+    logits = build_model(variant, num_classes=classes, input_shape=(size, size, 3), dropout_rate=0.0)
+    randomize_weights(logits, seed)
+    return keras.Model(logits.input, keras.layers.Softmax(dtype="float32")(logits.output))
+
+
+def saved_model_probabilities(model, size, images, folder):
+    path = os.path.join(folder, "saved_model")
+    export._write_saved_model(model, path, size, None)
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    return serving(images=tf.constant(images))["probabilities"].numpy()
+
+
+def check_onnx_against_saved_model(variant, size, tmp_path):
+    model = inference_model(variant, size)
+    images = photos(size)
+    expected = saved_model_probabilities(model, size, images, str(tmp_path))
+    path = str(tmp_path / "model.onnx")
+    onnx_export.write_onnx(model, path, size)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:], out.name) == ("images", "tensor(float)", [size, size, 3],
+                                                            "probabilities")
+    assert isinstance(inp.shape[0], str)  # A named, dynamic batch dimension.
+    batched = session.run(None, {"images": images})[0]
+    one = session.run(None, {"images": images[:1]})[0]
+    # The photos get different probabilities (by far more than the tolerance): the image matters.
+    assert np.ptp(expected, axis=0).max() > 1e-4
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(one, expected[:1], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["b0", "s"])
+def test_onnx_matches_saved_model_on_photos(variant, tmp_path):
+    check_onnx_against_saved_model(variant, 32, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_onnx_matches_saved_model_at_224_slow(variant, tmp_path):
+    check_onnx_against_saved_model(variant, 224, tmp_path)
+
+
+class Bucketized(keras.layers.Layer):
+    """Adds a bucket index to the image: TFLite has Bucketize, tf2onnx has no conversion for it."""
+
+    def call(self, x):
+        buckets = tf.raw_ops.Bucketize(input=x, boundaries=[64.0, 128.0, 192.0])
+        return x + tf.cast(buckets, x.dtype)
+
+
+def tiny_info(size, classes=2):
+    spec = get_variant("b0")
+    return export.InferenceInfo(variant=spec, num_classes=classes, class_names=None, image_size=size,
+                                keras_application_skip="a test model")
+
+
+def test_an_op_the_converter_cannot_handle_is_one_line_and_the_other_formats_are_written(tmp_path):
+    size = 16
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3)(Bucketized()(inputs))
+    outputs = keras.layers.Softmax()(keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    model = keras.Model(inputs, outputs)
+    export_dir = str(tmp_path / "export")
+    with pytest.raises(onnx_export.OnnxExportError) as error:
+        export.export_model(model, export_dir, tiny_info(size), onnx="true")
+    message = str(error.value)
+    assert "\n" not in message and "cannot handle op Bucketize" in message
+    manifest = json.load(open(os.path.join(export_dir, "export.json")))
+    assert manifest["skipped"]["onnx"] == message
+    assert set(manifest["files"]) == {"saved_model", "keras", "tflite_float32", "tflite_dynamic_range"}
+    assert sorted(os.listdir(export_dir)) == sorted([*manifest["files"].values(), "export.json"])
+    assert os.listdir(tmp_path) == ["export"]  # No temporary folder left.
+
+
+def test_a_missing_converter_is_skipped_with_auto_and_fails_with_true(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(onnx_export, "available", lambda: False)
+    model = inference_model("b0", 32, classes=2)
+    assert onnx_export.write_as_configured(model, str(tmp_path / "a.onnx"), 32, "auto") == \
+        onnx_export.missing_message()
+    assert 'pip install -e ".[onnx]"' in caplog.text
+    assert onnx_export.write_as_configured(model, str(tmp_path / "b.onnx"), 32, "false") == "export.onnx=false"
+    with pytest.raises(onnx_export.OnnxExportError, match=r'pip install -e "\.\[onnx\]"'):
+        onnx_export.write_as_configured(model, str(tmp_path / "c.onnx"), 32, "true")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_run_writes_a_full_integer_tflite_calibrated_on_training_images(tmp_path):
+    from efficientnetv2.train import training  # noqa: PLC0415 the run to export
+
+    config = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 2, "progressive.num_stages": 1,
+                            "export.tflite_int8": "true", "export.calibration_images": 16,
+                            "export.onnx": "false"})
+    model_dir = str(tmp_path / "run")
+    training.train(config, model_dir, verbose=0)
+    written = export.export_run(config, model_dir, str(tmp_path / "export"))
+    assert "onnx" not in written
+    size = config.eval.image_size
+    interpreter = tf.lite.Interpreter(model_path=written["tflite_int8"])
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.uint8 and tuple(inp["shape"]) == (1, size, size, 3)
+    assert out["dtype"] == np.uint8
+    # Every op runs on integers: no float tensor but the constants' dequantized copies.
+    float_ops = [t["name"] for t in interpreter.get_tensor_details() if t["dtype"] == np.float32]
+    assert not float_ops, float_ops[:5]
+    calibration = tflite_int8.calibration_images(config, size, 16)
+    assert calibration.shape == (16, size, size, 3) and calibration.dtype == np.float32
+    # The int8 model's probabilities follow the float model's on the calibration images.
+    float_interpreter = tf.lite.Interpreter(model_path=written["tflite_float32"])
+    float_interpreter.allocate_tensors()
+    scale, zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    errors = []
+    for image in calibration[:8]:
+        q = np.clip(np.round(image / scale + zero), 0, 255).astype(np.uint8)
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        int8 = out_scale * (interpreter.get_tensor(out["index"])[0].astype(np.float32) - out_zero)
+        float_interpreter.set_tensor(float_interpreter.get_input_details()[0]["index"], image[None])
+        float_interpreter.invoke()
+        errors.append(np.abs(int8 - float_interpreter.get_tensor(
+            float_interpreter.get_output_details()[0]["index"])[0]).max())
+    assert max(errors) < 0.1, errors
