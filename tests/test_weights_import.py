@@ -174,8 +174,9 @@ def test_keras_application_file_head_skipped_when_classes_differ(b0_application)
 @pytest.mark.slow
 def test_keras_application_file_of_another_variant_refused(b0_application):
     b1 = build_model("b1", num_classes=5, input_shape=(64, 64, 3))
-    for kind in ("legacy", "native"):
-        with pytest.raises(ValueError, match=r"is not a keras.applications EfficientNetV2B1 weights file"):
+    # A legacy file names its layers (block1a_...): the message names the file's variant by its blocks.
+    for kind, words in (("legacy", "21 blocks, as EfficientNetV2-B0"), ("native", "another variant")):
+        with pytest.raises(ValueError, match=r"is not a keras.applications EfficientNetV2B1 weights file.*" + words):
             weights_import.load_pretrained(b1, b0_application[kind], "b1")
 
 
@@ -627,3 +628,11 @@ def test_safe_extract_refuses_a_folder_with_files(tmp_path):
     with pytest.raises(ValueError, match="is not empty"):
         weights_import.safe_extract(archive, str(tmp_path / "out"))
     assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
+
+
+def test_a_checkpoint_of_another_variant_without_its_config_is_named_by_its_blocks(tmp_path):
+    _write_run(str(tmp_path), build_model("b0", num_classes=10, input_shape=(32, 32, 3)))
+    os.remove(os.path.join(str(tmp_path), "config.yaml"))
+    with pytest.raises(ValueError, match=r"does not match model 'efficientnetv2-s'.*Its weights have 21 blocks, as "
+                                         r"EfficientNetV2-B0: use --model=b0"):
+        weights_import.load_pretrained(tiny(), str(tmp_path), "s")

@@ -29,6 +29,7 @@ import itertools
 import json
 import lzma
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -44,7 +45,7 @@ from efficientnetv2.blocks import FusedMBConv, MBConv
 from efficientnetv2.io.checkpointing import CheckpointWeights, find_checkpoint, is_run_checkpoint, read_weights
 from efficientnetv2.io.keras_applications import build_keras_application, layer_map
 from efficientnetv2.io import pretrained
-from efficientnetv2.variants import get_variant
+from efficientnetv2.variants import get_variant, variant_names
 
 __all__ = [
     "load_pretrained",
@@ -121,8 +122,8 @@ def _assign(slots, fetch, source_keys, origin, model_name, source_head=()):
         if extra:
             parts.append(f"{len(extra)} weight(s) the model does not have: {_few(extra)}")
         raise ValueError(
-            f"{origin} does not match model {model_name!r}: {'; '.join(parts)}. Is it a checkpoint of "
-            "another variant or architecture? Nothing was loaded."
+            f"{origin} does not match model {model_name!r}: {'; '.join(parts)}. "
+            f"{_source_variant_words(source_keys)} Nothing was loaded."
         )
     skipped_reason = None
     if head_problems:
@@ -330,6 +331,24 @@ def assign_run_checkpoint(model, weights, use_ema=True, allow_head_skip=True):
     return report
 
 
+# A block's id in the source's weight names: ``block3b/...`` (this project), ``block3b_...``
+# (keras.applications files), ``blocks_7/...`` (the reference release).
+_BLOCK_ID = re.compile(r"(?:^|/)(?:block(\d+[a-z]+)[_/]|blocks_(\d+)/)")
+
+
+def _source_variant_words(source_keys, unknown="Is it a checkpoint of another architecture?"):
+    """A sentence naming the variant whose block count the source's weights have, for a mismatch
+    (``unknown`` when their names do not show blocks)."""
+    blocks = {m.group(1) or m.group(2) for key in source_keys for m in [_BLOCK_ID.search(key)] if m}
+    for name in variant_names():
+        spec = get_variant(name)
+        if blocks and sum(s.scaled(spec.width, spec.depth).repeats for s in spec.block_args) == len(blocks):
+            return (f"Its weights have {len(blocks)} blocks, as EfficientNetV2-{spec.name.upper()}: use "
+                    f"--model={spec.name} (or a checkpoint of this model's variant).")
+    return (f"Its weights have {len(blocks)} blocks, as no EfficientNetV2 variant: another architecture?"
+            if blocks else unknown)
+
+
 def _run_config_variant(prefix):
     """The variant named in the run's config.yaml (``model_dir/checkpoints/ckpt-N`` -> model_dir)."""
     for folder in (os.path.dirname(prefix), os.path.dirname(os.path.dirname(prefix))):
@@ -381,6 +400,16 @@ def _h5_classes(path):
     return (True, found[0]) if found else (False, None)
 
 
+def _h5_names(path):
+    """Every group and dataset name in an HDF5 file."""
+    import h5py  # noqa: PLC0415
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visit(names.append)
+    return names
+
+
 def _load_keras_application_file(model, path, spec):
     import h5py  # noqa: PLC0415
 
@@ -395,7 +424,8 @@ def _load_keras_application_file(model, path, spec):
         raise ValueError(
             f"{path} is not a keras.applications {spec.keras_application} weights file, which "
             f"{_model_words(model, spec)} needs (loading it into that model failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}). Is it a file of another variant?"
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            f"{_source_variant_words(_h5_names(path), 'Is it a file of another variant?')}"
         ) from None
     return _assign_keras_application(model, app, f"keras.applications weights {path}")
 
