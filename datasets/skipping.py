@@ -1,4 +1,4 @@
-"""Skip examples whose image cannot be decoded, and TFRecord shards that are corrupt; count both.
+"""Skip undecodable images, and TFRecord shards that are corrupt or missing; count both.
 
 tf.data has no try/except: `Dataset.ignore_errors()` drops failing elements silently.  Here each
 run of WINDOW elements is processed inside a dataset of its own, with its places in the run; a
@@ -8,27 +8,30 @@ CPU, shared by the run's elements (one per element cost 0.3-0.6 ms per image, a 
 image's cost at 300 px).
 
 Only errors raised by `fn` are skipped; errors upstream (a label out of range) still stop the
-pipeline.  A corrupt or truncated TFRecord shard is read up to the damage; `datasets.tfrecord`
-reports it here (`count_skipped_shard`), and `skipped_shards()` counts it.
+pipeline.  A corrupt or truncated TFRecord shard is read up to the damage, and one that cannot be
+opened is not read; `datasets.tfrecord` reports either here (`count_skipped_shard`).
+`skipped_shards()` counts reads, and a table keeps each damaged shard's last read and kind, so
+`damaged_shards(since)` names each shard once however often an epoch that runs short re-reads it.
 
 Graph ops only, no `tf.py_function`: a TPU's input pipeline on a remote host and a tf.data service
 worker in another process run this graph without the Python interpreter that built it.  So:
 - the warnings are `tf.print`s to stderr, which lands in the log of whichever process runs the
   pipeline (a service worker's warnings are in that worker's log, where its files are);
-- the counts are two int64 `tf.Variable`s on this host's CPU, captured by the dataset functions and
-  read by `skipped_images()` / `skipped_shards()`: exact for a pipeline run in this process.  A
-  dataset sent to tf.data service is serialized with a copy of each variable (its value then); the
-  worker counts in its copy, so the trainer's counts stay 0 for skips made by service workers (its
-  epoch logs say 0; the workers' logs name every skipped shard and the first images).  Rejected:
-  counting by appending lines to a file (`tf.print(output_stream="file://...")`): the path would have
-  to exist on every worker, and appends from several processes to a file on a cloud file system
-  overwrite each other; exact in-process counts are what the trainer needs.
+- the counts are two int64 `tf.Variable`s and a `MutableHashTable` of damaged shards on this host's
+  CPU, captured by the dataset functions and read by `skipped_images()` / `skipped_shards()` /
+  `damaged_shards()`: exact for a pipeline run in this process.  A dataset sent to tf.data service
+  is serialized with a copy of each (its value then); the worker counts in its copy, so the
+  trainer's counts stay 0 for skips made by service workers (its epoch logs say 0; the workers'
+  logs name every skipped shard and the first images).  Rejected: counting by appending lines to a
+  file (`tf.print(output_stream="file://...")`): the path would have to exist on every worker, and
+  appends from several processes to a file on a cloud file system overwrite each other; exact
+  in-process counts are what the trainer needs.
 """
 
 import concurrent.futures
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -38,15 +41,27 @@ _lock = threading.Lock()
 _counters: Optional[dict] = None
 
 
+# A damaged shard's kind, as kept in the table: read up to the damage, or not opened at all.
+CORRUPT, MISSING = 1, 2
+_KIND_NAMES = {CORRUPT: "corrupt", MISSING: "missing"}
+_MAX_NAMED_SHARDS = 10  # in an epoch's summary; the per-read warnings name every one
+
+
 def _make_counters() -> dict:
     with tf.device("/CPU:0"):
-        return {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"skipped_{name}")
-                for name in ("images", "shards")}
+        counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"skipped_{name}")
+                    for name in ("images", "shards")}
+        # Shard name -> (the read count at its last read, kind, records read): one row per damaged
+        # shard, however often it is read, so a summary costs one export of at most the shard count.
+        counters["shard_table"] = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, default_value=tf.zeros([3], tf.int64), name="damaged_shards")
+        return counters
 
 
 @tf.autograph.experimental.do_not_convert  # Called while dataset functions are traced; plain Python.
-def _counter(name: str) -> tf.Variable:
-    """This process' count of skipped `name` ("images" or "shards"), created on first use.
+def _counter(name: str):
+    """This process' count of skipped `name` ("images" or "shards") or its "shard_table", created
+    on first use.
 
     Created eagerly, on the CPU, and never by a `tf.distribute` strategy: within a strategy's scope
     (datasets may be built there) a variable would be mirrored over the replicas' devices (on a TPU,
@@ -76,10 +91,42 @@ def skipped_images() -> int:
 
 
 def skipped_shards() -> int:
-    """How many TFRecord shard reads this process cut short at damage so far (all pipelines, all
-    epochs; a damaged shard counts once per pass over it, like an undecodable image; not those read
-    by tf.data service workers)."""
+    """How many TFRecord shard reads this process cut short at damage or could not open so far (all
+    pipelines, all epochs; a damaged shard counts once per read of it; not those read by tf.data
+    service workers).  A mark for `damaged_shards`; for a count of shards, use that."""
     return _count("shards")
+
+
+class DamagedShard(NamedTuple):
+    name: str
+    kind: str  # "corrupt" (read up to the damage) or "missing" (could not be opened)
+    records: int  # read before the damage at its last read (0 when missing)
+
+
+def damaged_shards(since: int = 0) -> List[DamagedShard]:
+    """Each TFRecord shard found damaged by a read after the mark `since` (a `skipped_shards()`
+    value), once however often it was read since, with its kind at its last read; sorted by name."""
+    if _counters is None:
+        return []
+    names, rows = _counters["shard_table"].export()
+    return sorted(DamagedShard(name.decode(errors="replace"), _KIND_NAMES[int(kind)], int(records))
+                  for name, (last_read, kind, records) in zip(names.numpy(), rows.numpy())
+                  if last_read > since)
+
+
+def describe_damaged_shards(shards: List[DamagedShard]) -> str:
+    """One phrase for a log line: how many shards of each kind, and the first ones named with what
+    happened to them."""
+    def what(shard):
+        if shard.kind == "corrupt":
+            return f"corrupt: cut short after {shard.records} records"
+        return "missing: could not be opened"
+
+    corrupt = sum(shard.kind == "corrupt" for shard in shards)
+    named = [f"{shard.name} ({what(shard)})" for shard in shards[:_MAX_NAMED_SHARDS]]
+    more = f" and {len(shards) - len(named)} more" if len(shards) > len(named) else ""
+    return (f"{len(shards)} damaged TFRecord shards skipped ({corrupt} corrupt, {len(shards) - corrupt} "
+            f"missing)" + (f": {', '.join(named)}{more}" if shards else ""))
 
 
 def _warn(*parts) -> tf.Operation:
@@ -91,15 +138,21 @@ def _warn(*parts) -> tf.Operation:
 
 def count_skipped_shard(shard: tf.Tensor, opened: tf.Tensor, records_read: tf.Tensor,
                         bytes_read: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Graph ops that count one shard read cut short and warn which shard and how much of it was
-    read; a False that depends on them.  `opened`: False when the shard could not be opened."""
+    """Graph ops that count one shard read cut short, or not opened (`opened` False), keep it in the
+    table and warn which shard and what happened to it; a False that depends on them."""
     count = _counter("shards").assign_add(1)
+    kind = tf.where(opened, tf.constant(CORRUPT, tf.int64), tf.constant(MISSING, tf.int64))
+    table = _counter("shard_table")
+    kept = table.insert(shard, tf.stack([count, kind, records_read]))
     what = tf.cond(opened, lambda: tf.strings.join([
         "is corrupt or truncated: read ", tf.strings.as_string(records_read), " records (",
         tf.strings.as_string(bytes_read), " of ", tf.strings.as_string(size),
-        " bytes), skipped the rest of it"]), lambda: tf.constant("could not be opened; skipped it"))
-    with tf.control_dependencies([_warn("TFRecord shard ", shard, " ", what, " (", count,
-                                        " shard(s) cut short so far)")]):
+        " bytes), skipped the rest of it"]),
+        lambda: tf.constant("is missing or unreadable: could not be opened; skipped it"))
+    with tf.control_dependencies([kept]):
+        shards = table.size()
+    with tf.control_dependencies([_warn("TFRecord shard ", shard, " ", what, " (", shards,
+                                        " damaged shard(s) so far, ", count, " damaged read(s) in all)")]):
         return tf.constant(False)
 
 

@@ -5,11 +5,12 @@ a time, one record each in turn, in parallel but deterministically), then shuffl
 of `SHUFFLE_BLOCK` records (`ordering.block_shuffle`).  Eval reads the shards in name order.
 
 A corrupt or truncated shard does not stop the run: it is read up to the damage, the rest of it
-is skipped, and a warning names the shard and how much of it was read; `datasets.skipped_shards()`
-counts it (once per pass, train and eval alike).  A shard that cannot be opened at all (it
-vanished or is unreadable) is skipped the same way.  The epoch then runs short of the examples
-counted before; the trainer fills its steps by repeating the epoch from its start and logs the
-count.  Healthy shards are read exactly as before: the same records in the same order.
+is skipped, and a warning names the shard and how much of it was read.  A shard that cannot be
+opened at all (it vanished or is unreadable) is skipped the same way, as missing.
+`datasets.skipped_shards()` counts reads (train and eval alike); `skipping.damaged_shards` names
+each shard once, corrupt or missing, however often it was read.  The epoch then runs short of the
+examples counted before; the trainer fills its steps by repeating the epoch from its start and logs
+each damaged shard once.  Healthy shards are read exactly as before: the same records in the same order.
 
 The reading graph calls no Python (TPU input on a remote host and tf.data service workers in
 another process run it without this interpreter), so what needs the file system is split in two:

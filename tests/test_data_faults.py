@@ -166,11 +166,45 @@ def test_shard_that_vanished_is_skipped_and_named(tmp_path, capfd):
     capfd.readouterr()
     ids = _ids(src.examples("train"))
     assert len(ids) == 4 and datasets.skipped_shards() - before == 1
-    assert f"TFRecord shard {gone} could not be opened" in capfd.readouterr().err
+    assert (f"TFRecord shard {gone} is missing or unreadable: could not be opened"
+            in capfd.readouterr().err)
     # Its size was taken while it was there: the check at read time found it gone.  A new source
     # finds no size for it and skips it the same way.
     assert -1 not in src.sizes([gone])
     assert len(_ids(datasets.get_source("imagenet", root).examples("train"))) == 4
+
+
+def test_an_epoch_counts_each_damaged_shard_once_and_says_what_happened(tmp_path, capfd, caplog,
+                                                                        monkeypatch):
+    root = make_imagenet_dir(str(tmp_path / "data"), train=16, validation=4, num_shards=4)
+    truncated, deleted = (os.path.join(root, f"train-0000{i}-of-00004") for i in (1, 2))
+    _truncate(truncated)
+    kept = sum(i.startswith(truncated + ":") for i in _ids(datasets.get_source("imagenet", root)
+                                                            .examples("train")))
+    assert 0 < kept < 4
+    get_source = datasets.get_source
+
+    def source_then_delete(*args, **kwargs):  # Deleted mid-run: a shard the run has listed.
+        source = get_source(*args, **kwargs)
+        if os.path.exists(deleted):
+            os.remove(deleted)
+        return source
+
+    monkeypatch.setattr(datasets, "get_source", source_then_delete)
+    # 8 + kept examples a pass, 2 batches of 4: the epoch's 4 steps read every shard twice.
+    config = tiny_config(**{"data.dataset": "imagenet", "data.data_dir": root, "train.epochs": 1,
+                            "progressive.num_stages": 1, "train.batch_size": 4,
+                            "train.steps_per_epoch": 4})
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        result = training.train(config, str(tmp_path / "run"), verbose=0)
+    assert result["logs"]["skipped_shards"] == 2  # Not 4: each shard once, however often it was read.
+    err = capfd.readouterr().err
+    assert err.count(f"TFRecord shard {truncated} is corrupt or truncated: read {kept} records") >= 2
+    assert err.count(f"TFRecord shard {deleted} is missing or unreadable: could not be opened") >= 2
+    assert (f"Epoch 1: 0 undecodable images skipped (see the warnings above for which files); "
+            f"2 damaged TFRecord shards skipped (1 corrupt, 1 missing): {truncated} (corrupt: cut "
+            f"short after {kept} records), {deleted} (missing: could not be opened)." in caplog.text)
 
 
 def test_shard_names_with_glob_characters_are_read_as_named(tmp_path):

@@ -58,3 +58,13 @@ def test_single_tensor_and_dict_elements():
     mapped = skipping.map_skipping_errors(records, lambda r: r["x"] + 1, lambda r: r["id"], window=3)
     assert list(mapped.as_numpy_iterator()) == [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(list(mapped.as_numpy_iterator()), np.arange(1, 6))
+
+
+def test_damaged_shards_are_summed_by_kind_and_the_first_ones_named():
+    shards = [skipping.DamagedShard(f"s{i:02d}", "corrupt" if i % 3 else "missing", i)
+              for i in range(skipping._MAX_NAMED_SHARDS + 2)]
+    text = skipping.describe_damaged_shards(shards)
+    assert text.startswith("12 damaged TFRecord shards skipped (8 corrupt, 4 missing): "
+                           "s00 (missing: could not be opened), s01 (corrupt: cut short after 1 records)")
+    assert "s09" in text and "s10" not in text and text.endswith(" and 2 more")
+    assert skipping.describe_damaged_shards([]) == "0 damaged TFRecord shards skipped (0 corrupt, 0 missing)"

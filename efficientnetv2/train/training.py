@@ -403,11 +403,13 @@ class _RunMonitor(keras.callbacks.Callback):
             # A short epoch of data repeats from its start (see _epoch_data): skipped files cost a
             # few repeated examples, never the run.
             images = datasets.skipped_images() - self.skipped_before[0]
-            shards = datasets.skipped_shards() - self.skipped_before[1]
-            logs["skipped_images"], logs["skipped_shards"] = float(images), float(shards)
+            # Each damaged shard once, however often the repeats re-read it.
+            shards = datasets.skipping.damaged_shards(since=self.skipped_before[1])
+            logs["skipped_images"], logs["skipped_shards"] = float(images), float(len(shards))
             if images or shards:
-                logging.warning("Epoch %d: %d undecodable images and %d corrupt TFRecord shards skipped "
-                                "(see the warnings above for which files).", epoch + 1, images, shards)
+                logging.warning("Epoch %d: %d undecodable images skipped (see the warnings above for "
+                                "which files); %s.", epoch + 1, images,
+                                datasets.skipping.describe_damaged_shards(shards))
             optimizer = self.model.optimizer
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(optimizer.learning_rate)
@@ -749,7 +751,7 @@ def _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint):
         raise DataExhausted(
             f"the training data of epoch {epoch + 1} ran out after {monitor.step_in_epoch} of "
             f"{steps} steps ({int(logs.get('skipped_images', 0))} images skipped as "
-            f"undecodable and {int(logs.get('skipped_shards', 0))} TFRecord shards cut short as corrupt "
+            f"undecodable and {int(logs.get('skipped_shards', 0))} damaged TFRecord shards skipped "
             f"in it); did {config.data.data_dir or config.data.dataset!r} disappear or "
             f"change? Not saving this epoch; {_last_checkpoint(checkpoint)}."
         )
