@@ -122,16 +122,22 @@ def test_a_missing_converter_is_skipped_with_auto_and_fails_with_true(tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
-def test_export_run_writes_a_full_integer_tflite_calibrated_on_training_images(tmp_path):
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A tiny run trained for 2 steps and exported with every format."""
     from efficientnetv2.train import training  # noqa: PLC0415 the run to export
 
+    folder = tmp_path_factory.mktemp("int8")
     config = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 2, "progressive.num_stages": 1,
                             "export.tflite_int8": "true", "export.calibration_images": 16,
-                            "export.onnx": "false"})
-    model_dir = str(tmp_path / "run")
+                            "export.onnx": "true"})
+    model_dir = str(folder / "run")
     training.train(config, model_dir, verbose=0)
-    written = export.export_run(config, model_dir, str(tmp_path / "export"))
-    assert "onnx" not in written
+    return config, export.export_run(config, model_dir, str(folder / "export")), folder
+
+
+def test_export_run_writes_a_full_integer_tflite_calibrated_on_training_images(int8_run):
+    config, written, _ = int8_run
     size = config.eval.image_size
     interpreter = tf.lite.Interpreter(model_path=written["tflite_int8"])
     interpreter.allocate_tensors()
@@ -159,3 +165,25 @@ def test_export_run_writes_a_full_integer_tflite_calibrated_on_training_images(t
         errors.append(np.abs(int8 - float_interpreter.get_tensor(
             float_interpreter.get_output_details()[0]["index"])[0]).max())
     assert max(errors) < 0.1, errors
+
+
+def test_deploy_runtimes_benchmark_runs_every_runtime_on_the_same_photos(int8_run):
+    from benchmarks import deploy_runtimes  # noqa: PLC0415
+
+    config, written, folder = int8_run
+    names = open(written["labels"]).read().split()
+    rng = np.random.default_rng(0)
+    for name in names[:2]:  # A class-folder split of a few photos named as the run's classes.
+        os.makedirs(folder / "data" / "val" / name)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            tf.io.write_file(str(folder / "data" / "val" / name / f"{i}.png"), tf.io.encode_png(pixels))
+    result = deploy_runtimes.measure(os.path.dirname(written["manifest"]), str(folder / "data"), "val",
+                                     num_images=6, threads=1, repeats=2)
+    rows = {row["runtime"]: row for row in result["rows"]}
+    assert result["images"] == 6 and len(rows) == 5
+    saved, onnx = rows["SavedModel (serving_default)"], rows["ONNX (onnxruntime)"]
+    assert saved["agreement"] == 1 and saved["max_abs_diff"] == 0 and saved["latency_ratio"] == 1
+    assert onnx["agreement"] == 1 and onnx["max_abs_diff"] < 1e-5
+    assert rows["TFLite full int8 (uint8 in/out)"]["max_abs_diff"] < 0.1
+    assert all(row["latency_ms"] > 0 and row["images_per_s"] > 0 for row in rows.values())

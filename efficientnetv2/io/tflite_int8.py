@@ -3,8 +3,8 @@
 ``model_int8.tflite`` takes ``images`` uint8 [1, S, S, 3] and returns ``probabilities`` uint8
 [1, classes]. Each side's real value is ``scale * (q - zero_point)`` with the tensor's quantization
 parameters (``interpreter.get_input_details()[0]["quantization"]``): the input's are those of the
-calibrated pixel range, about (1.0, 0) for photos whose pixels span [0, 255], so the raw pixels go
-in as they are; the output's scale is about 1/255.
+calibrated pixel range, (1.0, 0) for photos whose pixels span [0, 255], so the raw pixels go
+in as they are; the output's are (1/256, 0), the converter's fixed range of a softmax.
 
 The calibration images are training images (the run's own data; never the evaluation split, on
 which the result is measured) in a fixed shuffled order, prepared as evaluation prepares its images
