@@ -19,7 +19,7 @@ import tensorflow as tf
 
 __all__ = ["OnnxExportError", "available", "missing_message", "write_onnx", "OPSET", "INPUT", "OUTPUT"]
 
-OPSET = 17  # Supported by onnxruntime since 1.14 and by TensorRT 8.6 and later.
+OPSET = 17  # Fixed, so that what an export writes does not change with the installed tf2onnx's default.
 INPUT, OUTPUT = "images", "probabilities"
 # onnxruntime's own operators, which tf2onnx emits for a few TensorFlow ops ONNX has no equal of.
 _RUNTIME_DOMAINS = ("com.microsoft",)
@@ -56,6 +56,11 @@ def _frozen_graph(model, image_size):
     return frozen.graph.as_graph_def(), inp.name, out.name
 
 
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
 def _unmapped_ops(model_proto):
     """(op type, node name) of every node that is no ONNX operator: a TensorFlow op the converter kept."""
     import onnx  # noqa: PLC0415
@@ -81,17 +86,19 @@ def write_onnx(model, path, image_size):
             graph_def, input_names=[input_name], output_names=[output_name], opset=OPSET,
             tensors_to_rename={input_name: INPUT, output_name: OUTPUT})
     except Exception as e:  # noqa: BLE001 tf2onnx raises what its op handlers raise.
-        raise OnnxExportError(f"ONNX converter (tf2onnx) failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+        raise OnnxExportError(f"ONNX converter (tf2onnx) failed: {_first_line(e)}") from e
     unmapped = _unmapped_ops(model_proto)
     if unmapped:
         op, node = unmapped[0]
-        others = sorted({op for op, _ in unmapped[1:]} - {op})
+        others = sorted({kind for kind, _ in unmapped[1:]} - {op})
         raise OnnxExportError(
             f"ONNX converter (tf2onnx, opset {OPSET}) cannot handle op {op} (node {node})"
             + (f" nor {', '.join(others)}" if others else "")
             + "; model.onnx not written (set export.onnx=false to skip it)")
-    onnx.checker.check_model(model_proto)
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as e:
+        raise OnnxExportError(f"the converted ONNX model is invalid: {_first_line(e)}") from e
     with open(path, "wb") as f:
         f.write(model_proto.SerializeToString())
 
