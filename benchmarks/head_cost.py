@@ -1,7 +1,7 @@
 """What an ImageNet-21k head costs per training step, and what per-step metrics cost on it.
 
 The same backbone with a 1,000-class head and with a 21,843-class head (the reference's 21k class
-count), compiled as the trainer compiles them (``training._loss_and_metrics``: normalized-softmax
+count), compiled as the trainer compiles them (``compilation.loss_and_metrics``: normalized-softmax
 cross-entropy and top-1/top-5/top-1-of-any-label for the multi-label 21k data, categorical
 cross-entropy and top-1/top-5 for 1k; RMSProp with EMA), and, for contrast, the 21k head with the
 AUC metric over 200 thresholds that the trainer ran on every step before it was removed. Timed with
@@ -26,14 +26,14 @@ import numpy as np  # noqa: E402
 from benchmarks import report, timing  # noqa: E402
 from datasets.tfrecord import IMAGENET21K_CLASSES  # noqa: E402
 from efficientnetv2 import build_model  # noqa: E402
-from efficientnetv2.train import optimizers, training  # noqa: E402
+from efficientnetv2.train import compilation, optimizers  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
 
 
 def compiled(args, num_classes, multi_label, auc=False):
     config = config_lib.Config()
     plan = types.SimpleNamespace(num_classes=num_classes, multi_label=multi_label)
-    loss, metrics = training._loss_and_metrics(config, plan)
+    loss, metrics = compilation.loss_and_metrics(config, plan)
     if auc:  # What the trainer used to run every step on 21k data.
         metrics.append(keras.metrics.AUC(num_thresholds=200, multi_label=True, name="auc"))
     keras.utils.set_random_seed(0)

@@ -118,11 +118,11 @@ def equivalence_config(synchronized_bn=True, precision="float32", **overrides):
 def _first_step_images(strategy, config):
     """This worker's replicas' images of the run's first global step, in replica order."""
     import datasets
-    from efficientnetv2.train import training
+    from efficientnetv2.train import loop, training
 
     source = datasets.get_source(config.data.dataset, config.data.data_dir)
     plan = training.make_plan(config, source, strategy.num_replicas_in_sync)
-    images, _ = next(iter(training._epoch_data(config, plan, source, strategy)(plan.stages[0], 0)))
+    images, _ = next(iter(loop._epoch_data(config, plan, source, strategy)(plan.stages[0], 0)))
     return [np.array(x) for x in strategy.experimental_local_results(images)]
 
 
@@ -135,6 +135,7 @@ def run_equivalence(strategy, model_dir, config):
     import datasets
     from efficientnetv2.io import checkpointing
     from efficientnetv2.train import training
+    from efficientnetv2.train.evaluation import evaluate_model
 
     result = training.train(config, model_dir, strategy, verbose=0)
     model, optimizer = result["model"], result["optimizer"]
@@ -145,7 +146,7 @@ def run_equivalence(strategy, model_dir, config):
     # The final checkpoint's model, evaluated as training.evaluate does (EMA weights, the eval size),
     # without building it anew.
     source = datasets.get_source(config.data.dataset, config.data.data_dir)
-    evaluation = training._evaluate_model(model, optimizer, strategy, source, result["plan"], config.eval)
+    evaluation = evaluate_model(model, optimizer, strategy, source, result["plan"], config.eval)
     assert evaluation["ema"]
     arrays["eval_top1"] = np.array(evaluation["top1"])
     arrays["eval_examples"] = np.array(evaluation["examples"])
@@ -183,11 +184,11 @@ def train_and_eval_multiworker(work_dir, index):
     folders it saved checkpoints into, and how many validation examples its own input pipeline holds."""
     import datasets
     from efficientnetv2.io import checkpointing
-    from efficientnetv2.train import distribute, training
+    from efficientnetv2.train import distribute, evaluation, training
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     evaluations, saved_into = [], []
-    evaluate_and_keep, save_checkpoint = training._BestCheckpoint.evaluate_and_keep, checkpointing.save_checkpoint
+    evaluate_and_keep, save_checkpoint = evaluation.BestCheckpoint.evaluate_and_keep, checkpointing.save_checkpoint
 
     def recorded_evaluation(self, *args, **kwargs):
         evaluations.append(evaluate_and_keep(self, *args, **kwargs))
@@ -197,7 +198,7 @@ def train_and_eval_multiworker(work_dir, index):
         saved_into.append(os.path.relpath(manager.directory, work_dir))
         return save_checkpoint(manager, *args, **kwargs)
 
-    training._BestCheckpoint.evaluate_and_keep = recorded_evaluation
+    evaluation.BestCheckpoint.evaluate_and_keep = recorded_evaluation
     checkpointing.save_checkpoint = recorded_save
     config = train_and_eval_config(os.path.join(work_dir, "data"))
     result = training.train(config, os.path.join(work_dir, "run"), strategy, evaluate_each_epoch=True, verbose=0)

@@ -136,13 +136,13 @@ def test_a_damaged_saved_config_is_one_line_naming_it(tmp_path, content, message
 
 
 def test_resuming_a_run_with_a_damaged_saved_config_names_the_file(tmp_path):
-    from efficientnetv2.train import training
+    from efficientnetv2.train import run_folder
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "ckpt-1.index").write_bytes(b"")  # A run that trained: its config is compared.
     (tmp_path / "config.yaml").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"config.yaml' is empty; a run's saved config lists every key"):
-        training._check_config(config_lib.load_config(model="b0"), str(tmp_path), allow_config_change=False)
+        run_folder.check_config(config_lib.load_config(model="b0"), str(tmp_path), allow_config_change=False)
 
 
 def test_optional_values_accept_none():

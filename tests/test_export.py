@@ -22,7 +22,7 @@ import tensorflow as tf
 from datasets import decode
 from efficientnetv2 import build_model
 from efficientnetv2.io import export, onnx_export
-from efficientnetv2.train import optimizers, training
+from efficientnetv2.train import compilation, optimizers, training
 from efficientnetv2.io.checkpointing import CheckpointError, RunCheckpoint
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.variants import get_variant
@@ -61,7 +61,7 @@ def reference_model(run):
     config = run["config"]
     plan = training.make_plan(config, __import__("datasets").get_source("synthetic"))
     model = build_model_from_config(config.model, plan.num_classes, dropout_rate=0.0)
-    optimizer = training._compile(config, plan, model)
+    optimizer = compilation.compile_model(config, plan, model)
     checkpoint = RunCheckpoint(os.path.join(run["model_dir"], "checkpoints"), model, optimizer)
     checkpoint.restore_latest()
     with optimizers.swap_ema_weights(model, optimizer) as used:

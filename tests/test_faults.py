@@ -155,7 +155,7 @@ class _Checkpoint:
 
 
 def test_out_of_memory_names_the_batch_and_image_size_and_the_fix():
-    from efficientnetv2.train import schedules, training
+    from efficientnetv2.train import loop, schedules, training
 
     class Model:
         def fit(self, *args, **kwargs):
@@ -164,7 +164,7 @@ def test_out_of_memory_names_the_batch_and_image_size_and_the_fix():
     params = schedules.StageParams(stage=1, num_stages=4, image_size=192, randaug_magnitude=5, mixup_alpha=0.0,
                                    dropout_rate=0.1, batch_size=512, learning_rate_scale=1.0)
     with pytest.raises(training.OutOfMemory) as error:
-        training._fit_epoch(Model(), None, 5, 10, None, [], 0, params, _Checkpoint("run/checkpoints/ckpt-50"))
+        loop._fit_epoch(Model(), None, 5, 10, None, [], 0, params, _Checkpoint("run/checkpoints/ckpt-50"))
     assert str(error.value) == (
         "out of memory in epoch 6 (stage 2/4) at global batch 512 and 192 px; lower train.batch_size (or "
         "progressive.max_batch_size, or progressive.image_size_end) and rerun; the last good checkpoint is "
@@ -172,12 +172,12 @@ def test_out_of_memory_names_the_batch_and_image_size_and_the_fix():
 
 
 def test_a_nonfinite_loss_before_any_checkpoint_says_so():
-    from efficientnetv2.train import training
+    from efficientnetv2.train import loop, training
 
     monitor = type("Monitor", (), {"nonfinite": float("nan")})()
     params = type("Params", (), {"stage": 0, "image_size": 32})()
     with pytest.raises(training.NonFiniteLoss) as error:
-        training._stop_on_nonfinite_loss(monitor, {}, 0, params, _Checkpoint(None))
+        loop._stop_on_nonfinite_loss(monitor, {}, 0, params, _Checkpoint(None))
     assert "None" not in str(error.value)
     assert str(error.value) == ("loss became nan in epoch 1 (stage 1, 32 px); stopped without saving. No checkpoint "
                                 "was saved yet. Lower train.lr_base or check the data.")

@@ -83,10 +83,10 @@ def test_ctrl_c_saves_the_exact_step_in_one_line_and_exits_as_a_preemption(tmp_p
 
 
 def test_a_second_ctrl_c_aborts_at_once_and_signal_handlers_are_restored():
-    from efficientnetv2.train import training
+    from efficientnetv2.train import interrupts
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with training._StopSignals() as stop:
+    with interrupts.StopSignals() as stop:
         assert signal.getsignal(signal.SIGINT) == stop._handle
         signal.raise_signal(signal.SIGINT)  # Handled at once, in this (the main) thread.
         assert stop.requested.is_set() and stop.stopped == "interrupted (Ctrl-C)"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import datasets
-from efficientnetv2.train import keras_compat, training
+from efficientnetv2.train import keras_compat, loop, training
 from hparams.config import ConfigError
 from tests.test_faults import assert_same_checkpoints, checkpoint_values
 from tests.training_helpers import tiny_config
@@ -53,7 +53,7 @@ class _SigtermAt(keras.callbacks.Callback):
 
 
 def test_keras_still_reports_a_partial_last_execution_by_its_full_end():
-    """Canary for ``_RunMonitor`` counting min(batch + 1, steps) and for ``EpochProgbar``'s cap: Keras
+    """Canary for ``loop.RunMonitor`` counting min(batch + 1, steps) and for ``EpochProgbar``'s cap: Keras
     3.15.1 reports the last execution of a 10-step epoch at 4 steps per execution as batch 11."""
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
@@ -97,8 +97,8 @@ def test_monitor_counts_steps_by_batch_index(monkeypatch):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
     clock = iter([100.0, 102.0])
-    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
-    monitor = training._RunMonitor(global_batch=8, steps=7, first_step_in_epoch=3)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    monitor = loop.RunMonitor(global_batch=8, steps=7, first_step_in_epoch=3)
     monitor.set_model(model)
     monitor.on_epoch_begin(0)
     monitor.on_train_batch_end(3, {"loss": 1.0})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from efficientnetv2.train import schedules, training
+from efficientnetv2.train import compilation, run_folder, schedules, training
 from hparams.config import ConfigError
 from tests.training_helpers import scalars, summaries, tiny_config
 
@@ -157,7 +157,7 @@ def test_a_model_dir_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(training.os, "makedirs", refuse)  # Tests run as root: chmod would not refuse.
+    monkeypatch.setattr(run_folder.os, "makedirs", refuse)  # Tests run as root: chmod would not refuse.
     with pytest.raises(PermissionError, match=r"--model_dir .*readonly cannot be written \(Permission denied\)"):
         training.train(tiny_config(), str(tmp_path / "readonly"), verbose=0)
 
@@ -304,7 +304,7 @@ def test_the_train_step_casts_and_mixes_the_batches_the_pipeline_hands_over():
             return {}
 
     model = Recording()
-    training._mix_in_the_train_step(model)
+    compilation.mix_in_the_train_step(model)
     images = tf.constant(np.random.default_rng(0).integers(0, 256, [4, 6, 5, 3]), tf.uint8)
     labels = tf.one_hot([0, 1, 2, 3], 4)
     mix, mixed_labels = mixing.plan(labels, tf.constant([1, 2], tf.int64), (6, 5), cutmix_alpha=1.0)

@@ -18,7 +18,7 @@ import os
 
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "get_strategy", "device_kind"]
+__all__ = ["STRATEGIES", "get_strategy", "device_kind", "batches_per_step"]
 
 STRATEGIES = ("auto", "cpu", "gpus", "tpu", "multiworker")
 
@@ -97,3 +97,8 @@ def is_chief(strategy):
         and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict()
     )
+
+
+def batches_per_step(context):
+    """Per-replica batches one input pipeline feeds per step: its worker's replicas each take one."""
+    return max(1, context.num_replicas_in_sync // context.num_input_pipelines)

@@ -56,7 +56,7 @@ def build_compiled_from_symbolic_batch(model, data_batch):
 
     The trainer also calls it under every other strategy, not as a workaround: its training batches'
     first element can be (uint8 images, mixing plan), which the train step turns into the model's
-    input (``training._mix_in_the_train_step``) but Keras' build would pass to the model as it is.
+    input (``compilation.mix_in_the_train_step``) but Keras' build would pass to the model as it is.
 
     Found with Keras 3.15.1: under MultiWorkerMirroredStrategy with 2 workers, ``fit`` first builds
     the compiled loss and metrics from the first batch, averaged over the replicas with
