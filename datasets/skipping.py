@@ -3,9 +3,8 @@
 tf.data has no try/except: `Dataset.ignore_errors()` drops failing elements silently.  Here each
 run of WINDOW elements is processed inside a dataset of its own, with its places in the run; a
 failure leaves a gap in the places, which names it (the run's ids) and counts it.  Failed elements
-are counted and the first ones named.  The per-run dataset costs a few tenths of a millisecond of
-CPU, shared by the run's elements (one per element cost 0.3-0.6 ms per image, a tenth of an
-image's cost at 300 px).
+are counted and the first ones named.  One dataset per run of WINDOW elements, not per element:
+its cost is then shared by the run's elements.
 
 Only errors raised by `fn` are skipped; errors upstream (a label out of range) still stop the
 pipeline.  A corrupt or truncated TFRecord shard is read up to the damage, and one that cannot be

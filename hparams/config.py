@@ -42,6 +42,7 @@ __all__ = [
     "parse_overrides",
     "apply_overrides",
     "validate",
+    "validate_sizes",
     "to_dict",
     "dump",
     "named_config_path",
@@ -617,6 +618,12 @@ def validate(config, num_replicas=1, last_train_size=None, eval_size=None, size_
     if start is not None and end is not None and start > end and config.progressive.num_stages > 1:
         raise _rule("progressive.image_size_start", start,
                     f"must be <= progressive.image_size_end ({end}): images grow over the stages")
+    return validate_sizes(config, last_train_size, eval_size, size_multiple)
+
+
+def validate_sizes(config, last_train_size=None, eval_size=None, size_multiple=1):
+    """The rules of the sizes a run derives from its config (the last stage's training size, the
+    evaluation size), checked once they are known; raises ConfigError."""
     if last_train_size is not None and eval_size is not None and eval_size < last_train_size:
         raise _rule(
             "eval.image_size",

@@ -315,3 +315,15 @@ def test_the_train_step_casts_and_mixes_the_batches_the_pipeline_hands_over():
     np.testing.assert_array_equal(mixed, mixing.apply(tf.cast(images, tf.float32), mix))
     assert not np.array_equal(mixed, plain)  # CutMix pasted something in.
     np.testing.assert_array_equal(plain, images.numpy().astype(np.float32))
+
+
+def test_make_plan_checks_every_key_once_then_the_derived_sizes(monkeypatch):
+    import datasets  # noqa: PLC0415
+    from hparams import config as config_lib  # noqa: PLC0415
+
+    config, source = tiny_config(), datasets.get_source("synthetic", None)
+    calls = []
+    check = config_lib._check
+    monkeypatch.setattr(config_lib, "_check", lambda *args: calls.append(args[0]) or check(*args))
+    training.make_plan(config, source)
+    assert sorted(calls) == sorted(set(calls)) and "train.epochs" in calls

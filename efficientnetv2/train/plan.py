@@ -71,7 +71,7 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
     Every run is progressive (PAPER.md section 1); one stage trains at the end values throughout.
     """
     spec = get_variant(config.model.variant)
-    config_lib.validate(config, num_replicas=num_replicas)  # The rules of single values first.
+    config_lib.validate(config, num_replicas=num_replicas)
     epochs = config.train.epochs
     pspec = _progressive_spec(config, spec, num_replicas)
     if pspec.image_size[0] > pspec.image_size[1] and config.progressive.num_stages > 1:
@@ -87,13 +87,8 @@ def make_plan(config, source, num_replicas=1, device="cpu"):
         num_stages = epochs
     stages = [schedules.stage_params(i, num_stages, pspec) for i in range(num_stages)]
     eval_size = config.eval.image_size or spec.eval_size
-    config_lib.validate(
-        config,
-        num_replicas=num_replicas,
-        last_train_size=stages[-1].image_size,
-        eval_size=eval_size,
-        size_multiple=8 if device == "tpu" else 1,
-    )
+    config_lib.validate_sizes(config, last_train_size=stages[-1].image_size, eval_size=eval_size,
+                              size_multiple=8 if device == "tpu" else 1)
     if any(s.image_size < 32 for s in stages):
         raise config_lib.ConfigError(
             f"image sizes {[s.image_size for s in stages]}: every stage's image size must be >= 32"
