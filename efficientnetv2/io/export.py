@@ -1,58 +1,15 @@
 """Export a trained run for serving, and predict on image files.
 
-``export_run(config, model_dir, export_dir)`` restores the run's latest checkpoint (or
-``checkpoint_path``) with its EMA weights, builds the inference model (batch norm in inference mode,
-no dropout, softmax probabilities, fixed to the evaluation image size) and writes::
+``export_run(config, model_dir, export_dir)`` restores the run's checkpoint with its EMA weights,
+builds the inference model (fixed to the evaluation size, softmax probabilities) and writes a
+SavedModel with three signatures (float32 and uint8 pixels, encoded image bytes), a ``.keras``
+file, keras.applications weights, TFLite files, ONNX and ``export.json``; docs/export.md lists the
+files and each signature's inputs and outputs.
 
-    export_dir/
-      saved_model/                      TF SavedModel with the signatures below
-      model.keras                       Keras-native; keras.models.load_model(path) after `import efficientnetv2`
-      keras_applications.weights.h5     for keras.applications.EfficientNetV2<X>(weights=path, classes=N)
-      model_float32.tflite              TFLite, float32, input [1, S, S, 3] float32 pixels in [0, 255]
-      model_dynamic_range.tflite        TFLite with dynamic-range (int8 weight) quantization
-      model_int8.tflite                 TFLite, every op int8, uint8 in and out (export.tflite_int8; tflite_int8.py)
-      model.onnx                        ONNX, images [batch, S, S, 3] float32 in [0, 255] (onnx_export.py)
-      labels.txt                        class names, one per line (when the data has names)
-      export.json                       what was written, from which checkpoint, and what was skipped
-
-The keras.applications file is written for B0-B3, S, M and L with their standard architecture; XL
-(keras.applications has none) and models with overridden blocks/width/depth/head are skipped, and
-``export.json`` and the log say why.
-
-SavedModel signatures (every one returns ``probabilities`` [batch, classes] float32, ``top5_ids``
-[batch, k] int32, ``top5_probabilities`` [batch, k] float32 and, when class names exist,
-``top5_names`` [batch, k] string; k = min(5, classes)):
-
-- ``serving_default``: ``images`` float32 [batch, height, width, 3], pixels in [0, 255] (RGB).
-- ``serving_uint8``: the same with ``images`` uint8. (A signature has one dtype, so uint8 is a second
-  concrete function of the same ``serve`` function; from Python, ``loaded.serve(images)`` takes
-  either dtype.)
-- ``serving_bytes``: ``image_bytes`` string [batch] of encoded JPEG/PNG/GIF/BMP, decoded and
-  center-cropped like the evaluation pipeline (``datasets.decode.center_crop``). When an image cannot
-  be decoded the call fails with an ``InvalidArgumentError`` naming the first one, "image_bytes[3]
-  cannot be decoded (...); 1 of 8 images in the batch cannot" (no per-image validity output: a batch
-  either gets a result for every image or an error saying which to drop).
-
-An empty batch (``[0, height, width, 3]`` or ``image_bytes`` of 0) gives empty outputs
-(``probabilities`` [0, classes] and so on).
-
-Images of any height and width are resized (bilinear) to the evaluation size S inside; images
-already S x S pass unchanged. ``images`` is declared with unknown shape so that the rank and channel
-count are checked when the function runs, with an error saying what is expected (a signature does not
-check shapes itself: a rank-3 batch would otherwise crash the convolution kernels).
-
-Everything is written into a temporary folder beside ``export_dir`` and moved into place only when
-complete; an existing export is swapped out atomically (``renameat2(RENAME_EXCHANGE)`` on Linux,
-otherwise two renames) and deleted after. A kill during export leaves the previous export or the new
-one, never a half-written folder.
-
-An export replaces only a previous export: ``export_dir`` must be absent, an empty folder, or a folder
-holding this project's ``export.json`` (``"format": "efficientnetv2-export/1"``, or the earlier
-version's manifest without ``format``, which had ``variant``, ``num_classes`` and ``files``: those are
-ours too, and upgrading should not strand them) and nothing but the files listed above. Anything else
-(a file, a symbolic link, a folder with other contents) is refused with a ``ValueError`` naming it,
-before anything is written; so are the run folder itself, a folder above it, and its checkpoints,
-logs, best model and config (``check_export_dir``). ``model_dir/export`` is fine.
+Two decisions a reader must know: everything is written into a temporary folder beside
+``export_dir`` and swapped into place only when complete (a kill leaves the previous export or the
+new one, never half), and an export replaces only an earlier export of this project
+(``check_export_dir``): anything else in ``export_dir`` is refused before anything is written.
 """
 
 import ctypes
@@ -297,8 +254,8 @@ def _decode_batch(image_bytes, size):
     failed = tf.where(tf.logical_not(tf.reduce_any(tf.equal(indices[:, None], kept[None, :]), axis=1)))
     first = tf.strings.as_string(tf.concat([tf.cast(failed[:, 0], tf.int32), [-1]], 0)[0])
     message = tf.strings.join([
-        "image_bytes[", first, "] cannot be decoded (corrupt, truncated or not a JPEG/PNG/GIF/BMP "
-        "image); ", tf.strings.as_string(tf.size(failed)), " of ",
+        "image_bytes[", first, "] cannot be decoded (corrupt, truncated, too large or not a "
+        "JPEG/PNG/GIF/BMP/WebP image); ", tf.strings.as_string(tf.size(failed)), " of ",
         tf.strings.as_string(tf.size(indices)), " images in the batch cannot"])
     check = tf.debugging.Assert(tf.equal(tf.size(failed), 0), [message])
     with tf.control_dependencies([check]):
