@@ -39,10 +39,13 @@ class ProgressiveLearning(keras.callbacks.Callback):
         dataset_fn: ``dataset_fn(params, epoch, skip_steps) -> dataset`` builds one epoch's training
             data, without its first ``skip_steps`` steps (a run resumed inside the epoch).
         ema_decay: the EMA decay per step at the last stage's batch (0 or None: no EMA to adjust).
+        dropout_layers: the ``Dropout`` layers whose rate follows the stage; None: the model's
+            ``top_dropout`` (``set_dropout_rate``).
     """
 
-    def __init__(self, stages, total_epochs, dataset_fn, ema_decay=None):
+    def __init__(self, stages, total_epochs, dataset_fn, ema_decay=None, dropout_layers=None):
         super().__init__()
+        self.dropout_layers = None if dropout_layers is None else tuple(dropout_layers)
         self.stages = list(stages)
         self.total_epochs = int(total_epochs)
         self.bounds = schedules.stage_epochs(self.total_epochs, len(self.stages))
@@ -86,7 +89,10 @@ class ProgressiveLearning(keras.callbacks.Callback):
             params.mixup_alpha,
             params.dropout_rate,
         )
-        set_dropout_rate(self.model, params.dropout_rate)
+        if self.dropout_layers is None:
+            set_dropout_rate(self.model, params.dropout_rate)
+        for layer in self.dropout_layers or ():
+            layer.rate = float(params.dropout_rate)  # read when the train step is traced
         optimizer = getattr(self.model, "optimizer", None)
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
         if self.ema_decay and getattr(optimizer, "use_ema", False):
