@@ -93,12 +93,9 @@ def run(r):
                                    params, int(optimizer.iterations.numpy()))
             monitor = RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch,
                                  stop=stop)
-            header = (f"Epoch {epoch + 1}/{config.train.epochs} (stage {params.stage + 1}/{params.num_stages}, "
-                      f"{params.image_size} px" + (f", resumed at step {step_in_epoch}" if step_in_epoch else "") + ")")
+            callbacks = stages.epoch_callbacks(epoch, step_in_epoch) + [monitor] + tensorboard + list(r.callbacks)
             logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
-                              steps - step_in_epoch, monitor,
-                              [keras_compat.EpochProgbar(header), stages, monitor] + tensorboard + list(r.callbacks),
-                              r.verbose if chief else 0, params, checkpoint)
+                              steps - step_in_epoch, monitor, callbacks, r.verbose if chief else 0, params, checkpoint)
             _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
             _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position, stop)
             _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
@@ -299,8 +296,7 @@ def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose, params, c
     current step, or with ``train.steps_per_execution`` = n the current n steps); its last logs. Out of
     memory is ``OutOfMemory`` naming the stage's batch and image size and what to lower."""
     try:
-        history = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        history = progressive.fit_epoch(model, data, epoch, callbacks, verbose, steps)
     except tf.errors.ResourceExhaustedError as e:
         raise OutOfMemory(
             f"out of memory in epoch {epoch + 1} (stage {params.stage + 1}/{params.num_stages}) at global "

@@ -12,6 +12,9 @@ charge at every call boundary:
    keep the old dropout rate.)
 3. ``on_epoch_end(e)``: adds the stage's parameters to the epoch's logs.
 
+``fit_epoch`` is that call, with ``epoch_callbacks(e)`` at the head of its callbacks: the trainer
+(``loop``) and the library call (``progressive_fit.fit``) train each epoch through it.
+
 Everything is a function of the epoch number (``schedules``), so a restart inside stage ``i``
 resumes with stage ``i``'s parameters. A stage with a larger batch (``progressive.batch_scaling``)
 takes fewer steps; its EMA decay per step becomes ``decay ** (stage batch / final batch)``, so the
@@ -24,10 +27,10 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from efficientnetv2.train import schedules
+from efficientnetv2.train import keras_compat, schedules
 from efficientnetv2.model import set_dropout_rate
 
-__all__ = ["ProgressiveLearning", "StageImages"]
+__all__ = ["ProgressiveLearning", "StageImages", "fit_epoch"]
 
 
 class ProgressiveLearning(keras.callbacks.Callback):
@@ -58,6 +61,14 @@ class ProgressiveLearning(keras.callbacks.Callback):
 
     def dataset_for_epoch(self, epoch, skip_steps=0):
         return self.dataset_fn(self.stage_for_epoch(epoch), epoch, skip_steps)
+
+    def epoch_callbacks(self, epoch, skip_steps=0):
+        """The callbacks that head ``fit_epoch``'s list: a progress bar that places the epoch in the
+        run (``keras_compat.EpochProgbar``), then this callback."""
+        params = self.stage_for_epoch(epoch)
+        header = (f"Epoch {epoch + 1}/{self.total_epochs} (stage {params.stage + 1}/{params.num_stages}, "
+                  f"{params.image_size} px" + (f", resumed at step {skip_steps}" if skip_steps else "") + ")")
+        return [keras_compat.EpochProgbar(header), self]
 
     def starts_stage(self, epoch):
         """Whether ``epoch`` is the first of its stage."""
@@ -114,6 +125,13 @@ class ProgressiveLearning(keras.callbacks.Callback):
             dropout_rate=params.dropout_rate,
         )
 
+
+
+def fit_epoch(model, data, epoch, callbacks, verbose="auto", steps=None, validation_data=None):
+    """One epoch of ``model.fit``, a call of its own: Keras builds its data iterator once per call, and
+    the next epoch may be a new stage with data of another size. Returns the call's ``History``."""
+    return model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+                     validation_data=validation_data, callbacks=list(callbacks), verbose=verbose, shuffle=False)
 
 
 class StageImages:

@@ -16,7 +16,7 @@ epoch, so it is traced once per stage. The user's callbacks see one run: their `
 """
 
 from efficientnetv2.io.input_pipeline import input_pipeline
-from efficientnetv2.train import keras_compat, progressive, schedules
+from efficientnetv2.train import progressive, schedules
 from efficientnetv2.variants import get_variant
 import keras
 import tensorflow as tf
@@ -96,13 +96,9 @@ def fit(model, data, epochs, schedule, *, batch_size=None, validation_data=None,
         c.set_model(model)
         c.on_train_begin()
     for epoch in range(epochs):
-        params = stages.stage_for_epoch(epoch)
-        header = (f"Epoch {epoch + 1}/{epochs} (stage {params.stage + 1}/{params.num_stages}, "
-                  f"{params.image_size} px)")
-        progbar = [keras_compat.EpochProgbar(header)] if verbose else []
-        model.fit(stages.dataset_for_epoch(epoch), initial_epoch=epoch, epochs=epoch + 1,
-                  validation_data=validation_data, callbacks=progbar + [stages, history] + user,
-                  verbose=verbose, shuffle=False)
+        progressive.fit_epoch(model, stages.dataset_for_epoch(epoch), epoch,
+                              stages.epoch_callbacks(epoch) + [history] + user, verbose,
+                              validation_data=validation_data)
         if model.stop_training:
             break
     last_logs = {k: v[-1] for k, v in history.history.items() if v}
