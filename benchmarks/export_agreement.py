@@ -30,8 +30,7 @@ from benchmarks import report  # noqa: E402
 
 from datasets import decode  # noqa: E402
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                            "imagenette")
+DEFAULT_DATA = report.IMAGENETTE
 
 
 def list_images(data_dir, split, num_images):

@@ -47,7 +47,7 @@ import datasets  # noqa: E402
 from benchmarks import report  # noqa: E402
 from datasets import build_tfrecords, service  # noqa: E402
 
-IMAGENETTE = os.path.join(REPO_ROOT, "..", "shared", "data", "imagenette")
+IMAGENETTE = report.IMAGENETTE
 
 
 def _cpu_seconds() -> float:

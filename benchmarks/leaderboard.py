@@ -63,9 +63,7 @@ def run_once(args, seed, model_dir):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                                           "shared", "data", "imagenette"),
-                        help="A folder with train/ and val/ class folders.")
+    parser.add_argument("--data_dir", default=report.IMAGENETTE, help="A folder with train/ and val/ class folders.")
     parser.add_argument("--size", type=int, default=128, help="Final training size and evaluation size (px).")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--runs", type=int, default=1, help="Runs with seeds seed, seed + 1, ...")

@@ -173,8 +173,7 @@ def plot(curves, path, title=""):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                           "data", "imagenette"))
+    parser.add_argument("--data_dir", default=report.IMAGENETTE)
     parser.add_argument("--work_dir", default=None, help="Run folders (default: a temp folder).")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--stages", type=int, default=4)

@@ -13,9 +13,11 @@ import sys
 
 from benchmarks import timing
 
-__all__ = ["Report", "command"]
+__all__ = ["Report", "command", "IMAGENETTE", "plot_top1_against_time"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The real photos the benchmarks default to (see ../shared/data/imagenette's README).
+IMAGENETTE = os.path.normpath(os.path.join(_REPO, "..", "shared", "data", "imagenette"))
 
 
 def command(script, argv=None):
@@ -97,3 +99,27 @@ class _Rows(list):
         self.append(cells)
         if progress:
             print("# " + " | ".join(str(c) for c in cells), flush=True)
+
+
+def plot_top1_against_time(path, curves, title, xlabel="training time (s)", hline=None, hline_label=None):
+    """Writes a PNG of validation top-1 against time: ``curves`` is {label: [(seconds, top1)]},
+    ``hline`` an optional top-1 to draw across. Needs matplotlib (``pip install -e ".[bench]"``)."""
+    try:
+        import matplotlib  # noqa: PLC0415 (an optional extra: only --plot needs it)
+    except ImportError:
+        sys.exit("--plot needs matplotlib, which is not installed: pip install -e \".[bench]\"")
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # noqa: PLC0415
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():
+        axes.plot([s for s, _ in curve], [100 * t for _, t in curve], marker="o", label=label)
+    if hline is not None:
+        axes.axhline(100 * hline, color="gray", linestyle="--", linewidth=1, label=hline_label)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("validation top-1 (%)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -130,29 +130,9 @@ def time_to_reach(curve, target):
     return None
 
 
-def plot(path, curves, target, title):
-    import matplotlib  # noqa: PLC0415 optional: pip install -e ".[bench]"
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot  # noqa: PLC0415
-
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for label, curve in curves.items():
-        axes.plot([0] + [s for s, _ in curve], [0] + [100 * t for _, t in curve], marker="o", label=label)
-    axes.axhline(100 * target, color="gray", linestyle="--", linewidth=1, label="baseline's final top-1")
-    axes.set_xlabel("training time (s)")
-    axes.set_ylabel("validation top-1 (%)")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                           "data", "imagenette"))
+    parser.add_argument("--data_dir", default=report.IMAGENETTE)
     parser.add_argument("--work_dir", default=None, help="Run folders (default: a temp folder).")
     parser.add_argument("--model", default="b0", help="Our variant (main.py's --model).")
     parser.add_argument("--hparams_file", default=os.path.join(config_lib.HPARAMS_DIR, "small_data.yaml"))
@@ -216,10 +196,13 @@ def main(argv=None):
     rep.note(f"Ours' wall time with model building, checkpoint restore and save: {runs['ours'].wall:.0f} s.")
     rep.print()
     if args.plot:
-        plot(args.plot, {f"keras.applications B0, {args.baseline_size} px, AdamW": curves["baseline"],
-                         f"ours ({os.path.basename(args.hparams_file)})": curves["ours"]}, target,
-             f"{os.path.basename(os.path.normpath(args.data_dir))}: validation top-1 at {args.eval_size} px "
-             f"vs training time ({os.cpu_count()} CPU cores)")
+        data_name = os.path.basename(os.path.normpath(args.data_dir))
+        report.plot_top1_against_time(
+            args.plot,
+            {f"keras.applications B0, {args.baseline_size} px, AdamW": [(0, 0)] + curves["baseline"],
+             f"ours ({os.path.basename(args.hparams_file)})": [(0, 0)] + curves["ours"]},
+            f"{data_name}: validation top-1 at {args.eval_size} px vs training time ({os.cpu_count()} CPU cores)",
+            hline=target, hline_label="baseline's final top-1")
         print(f"plot written to {args.plot}")
     return {"curves": curves, "reach": reach, "target": target}
 

@@ -104,30 +104,9 @@ def fit_seconds(logs, plan):
     return images / logs["images_per_sec"]
 
 
-def plot(curves, path, title):
-    try:
-        import matplotlib  # noqa: PLC0415 (an optional extra: only --plot needs it)
-    except ImportError:
-        sys.exit("--plot needs matplotlib, which is not installed: pip install matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for arm, points in curves.items():
-        axes.plot([p["train_s"] for p in points], [100 * p["top1"] for p in points], "o-", label=ARMS[arm])
-    axes.set_xlabel("training time on the target classes (s)")
-    axes.set_ylabel("validation top-1 (%)")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                           "data", "imagenette"))
+    parser.add_argument("--data_dir", default=report.IMAGENETTE)
     parser.add_argument("--work_dir", default=None, help="Run folders (default: a temp folder).")
     parser.add_argument("--pretrain_epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=6, help="Epochs of each run on the target classes.")
@@ -202,7 +181,9 @@ def main(argv=None):
                 if reached else f"Fine-tuning did not reach scratch's best top-1 ({100 * best_scratch:.1f}%)."))
     rep.print()
     if args.plot:
-        plot(curves, args.plot, title)
+        report.plot_top1_against_time(
+            args.plot, {ARMS[arm]: [(p["train_s"], p["top1"]) for p in points] for arm, points in curves.items()},
+            title, xlabel="training time on the target classes (s)")
         print(f"Curves drawn in {args.plot}")
 
 
