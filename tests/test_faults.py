@@ -157,14 +157,11 @@ class _Checkpoint:
 def test_out_of_memory_names_the_batch_and_image_size_and_the_fix():
     from efficientnetv2.train import loop, schedules, training
 
-    class Model:
-        def fit(self, *args, **kwargs):
-            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[512,24,192,192]")
-
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[512,24,192,192]")
     params = schedules.StageParams(stage=1, num_stages=4, image_size=192, randaug_magnitude=5, mixup_alpha=0.0,
                                    dropout_rate=0.1, batch_size=512, learning_rate_scale=1.0)
     with pytest.raises(training.OutOfMemory) as error:
-        loop._fit_epoch(Model(), None, 5, 10, None, [], 0, params, _Checkpoint("run/checkpoints/ckpt-50"))
+        loop._stop_on_out_of_memory(oom, 5, params, _Checkpoint("run/checkpoints/ckpt-50"))
     assert str(error.value) == (
         "out of memory in epoch 6 (stage 2/4) at global batch 512 and 192 px; lower train.batch_size (or "
         "progressive.max_batch_size, or progressive.image_size_end) and rerun; the last good checkpoint is "

@@ -1,4 +1,5 @@
-"""progressive_fit.fit: any compiled Keras model trained through the stages of a schedule."""
+"""progressive_fit.fit: any compiled Keras model trained through the stages of a schedule; the trainer
+on the same epoch loop (train_epochs)."""
 
 import keras
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 import datasets
-from efficientnetv2.train import progressive_fit
+from efficientnetv2.train import loop, progressive_fit, training
 from tests import datasets_helpers
+from tests.training_helpers import tiny_config
 
 CLASSES = 3
 SCHEDULE = progressive_fit.make_schedule(2, image_size=(32, 48), randaug_magnitude=(0.0, 5.0),
@@ -155,3 +157,38 @@ def test_refuses_a_dropout_layer_built_with_rate_zero():
     zero.compile("adam", "categorical_crossentropy")
     with pytest.raises(ValueError, match=r"'head_dropout' was built with rate 0.*rate > 0"):
         progressive_fit.fit(zero, random_data, epochs=2, schedule=SCHEDULE, verbose=0)
+
+
+def test_the_trainer_trains_every_epoch_through_train_epochs(tmp_path, monkeypatch):
+    calls, ended, fits = [], [], []
+    inside = [False]
+    train_epochs, model_fit = progressive_fit.train_epochs, keras.Model.fit
+
+    def spy(model, stages, first_epoch, end_epoch, hooks, **kwargs):
+        calls.append((first_epoch, end_epoch, type(hooks)))
+        end_epoch_hook = hooks.end_epoch
+
+        def end_epoch_recorded(epoch, params, logs):
+            ended.append((epoch, params.image_size))
+            end_epoch_hook(epoch, params, logs)
+
+        hooks.end_epoch = end_epoch_recorded
+        inside[0] = True
+        try:
+            return train_epochs(model, stages, first_epoch, end_epoch, hooks, **kwargs)
+        finally:
+            inside[0] = False
+
+    def fit(self, *args, **kwargs):
+        fits.append(inside[0])
+        return model_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(progressive_fit, "train_epochs", spy)
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    result = training.train(tiny_config(**{"train.epochs": 2}), str(tmp_path), verbose=0)
+    # One call for the run; each epoch's fit inside it, each epoch ended by the trainer's hooks at its
+    # stage's size (stages of one epoch: 32 then 48 px).
+    assert calls == [(0, 2, loop.RunHooks)]
+    assert fits == [True, True]
+    assert ended == [(0, 32), (1, 48)]
+    assert result["epoch"] == 2 and result["logs"]["image_size"] == 48.0

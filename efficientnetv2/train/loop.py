@@ -1,9 +1,10 @@
 """The epoch loop: the paper's Algorithm 1, with the stops a long run needs.
 
-For each stage, train its epochs at its image size and regularization (``fit`` once per epoch, see
-``progressive``); after each epoch, stop on a non-finite loss, a preemption or exhausted data, else
-checkpoint (and with evaluation on, keep the best). Each stop is a small function raising its error
-with the last good checkpoint named.
+For each stage, train its epochs at its image size and regularization: the epochs run in
+``progressive_fit.train_epochs``, the same loop as the library call ``progressive_fit.fit``, and the
+trainer's work goes in its hooks (``RunHooks``): after each epoch, stop on a non-finite loss, a
+preemption or exhausted data, else checkpoint (and with evaluation on, keep the best). Each stop is
+a small function raising its error with the last good checkpoint named.
 
 With ``train.steps_per_execution`` = n > 1, Keras runs n steps per call of the train function and
 calls the callbacks once per call, so a SIGTERM or a NaN loss is acted on at the end of the
@@ -26,7 +27,7 @@ from efficientnetv2.io.checkpointing import RunCheckpoint
 from efficientnetv2.io.input_pipeline import input_pipeline
 from efficientnetv2.model import build_model_from_config
 from efficientnetv2.train import (compilation, data_position, distribute, evaluation, interrupts, keras_compat,
-                                  progressive, run_folder, schedules)
+                                  progressive, progressive_fit, run_folder, schedules)
 from efficientnetv2.train.plan import Plan
 
 datasets = input_pipeline()
@@ -64,57 +65,87 @@ class Run:
 
 
 def run(r):
-    """The paper's Algorithm 1: for each stage, train its epochs at its image size and regularization;
-    after each epoch, stop on a non-finite loss, a preemption or exhausted data, else checkpoint."""
-    config, model_dir, strategy, plan, source = r.config, r.model_dir, r.strategy, r.plan, r.source
-    chief = r.chief
+    """The paper's Algorithm 1: for each stage, train its epochs at its image size and regularization
+    (``progressive_fit.train_epochs``); after each epoch (``RunHooks``), stop on a non-finite loss, a
+    preemption or exhausted data, else checkpoint."""
     _log_run(r)
     model, optimizer, checkpoint = _build_and_restore(r)
     epoch, step_in_epoch = checkpoint.position
     position = data_position.DataPosition(checkpoint.data_position)
-    stages = progressive.ProgressiveLearning(plan.stages, config.train.epochs,
-                                             _epoch_data(config, plan, source, strategy, position),
-                                             ema_decay=config.train.ema_decay)
-    stage_images = (progressive.StageImages(os.path.join(model_dir, "logs", "stage_images"))
-                    if chief and config.train.log_stage_images else None)
-    tensorboard = [keras_compat.RunTensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")] if chief else []
-    best = evaluation.BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief) if r.evaluate_each_epoch else None
-    validation = evaluation.ValidationScalars(os.path.join(model_dir, "logs", "validation")) if best and chief else None
-    end = config.train.epochs if r.max_epochs is None else min(config.train.epochs, epoch + r.max_epochs)
-    with interrupts.StopSignals() as stop, contextlib.ExitStack() as closing:
-        for board in tensorboard:  # One events file per run (keras_compat.RunTensorBoard).
-            closing.callback(board.close)
-        logs = {}
-        while epoch < end:
-            params = stages.stage_for_epoch(epoch)
-            steps = plan.stage_steps(params)
-            if stage_images is not None and step_in_epoch == 0 and stages.starts_stage(epoch):
-                stage_images.write(_augmented_images(config, source, params, epoch, config.train.log_stage_images),
-                                   params, int(optimizer.iterations.numpy()))
-            monitor = RunMonitor(params.batch_size, steps - step_in_epoch, first_step_in_epoch=step_in_epoch,
-                                 stop=stop)
-            callbacks = stages.epoch_callbacks(epoch, step_in_epoch) + [monitor] + tensorboard + list(r.callbacks)
-            logs = _fit_epoch(model, stages.dataset_for_epoch(epoch, skip_steps=step_in_epoch), epoch,
-                              steps - step_in_epoch, monitor, callbacks, r.verbose if chief else 0, params, checkpoint)
-            _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
-            _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, position, stop)
-            _stop_on_exhausted_data(monitor, logs, epoch, steps, config, checkpoint)
-            epoch, step_in_epoch = epoch + 1, 0
-            path = checkpoint.save(epoch, 0)
-            if best is not None:
-                results = best.evaluate_and_keep(model, optimizer, strategy, source, plan, config.eval)
-                logs.update(results)
-                if validation is not None:
-                    validation.write(epoch - 1, results)
-            logging.info(
-                "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
-                epoch, config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
-                ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
-            )
-            if stop.requested.is_set():
-                raise interrupts.Preempted(f"{stop.stopped} at the end of epoch {epoch}; checkpoint {path}. "
-                                           "Run the same command to resume.")
-        return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": plan, "logs": logs}
+    stages = progressive.ProgressiveLearning(r.plan.stages, r.config.train.epochs,
+                                             _epoch_data(r.config, r.plan, r.source, r.strategy, position),
+                                             ema_decay=r.config.train.ema_decay)
+    end = r.config.train.epochs if r.max_epochs is None else min(r.config.train.epochs, epoch + r.max_epochs)
+    with (interrupts.StopSignals() as stop,
+          contextlib.closing(RunHooks(r, stages, model, optimizer, checkpoint, position, stop)) as hooks):
+        epoch = progressive_fit.train_epochs(model, stages, epoch, end, hooks, skip_steps=step_in_epoch,
+                                             verbose=r.verbose if r.chief else 0)
+        return {"epoch": epoch, "model": model, "optimizer": optimizer, "plan": r.plan, "logs": hooks.logs}
+
+
+class RunHooks(progressive_fit.EpochHooks):
+    """What the trainer adds around each epoch of ``progressive_fit.train_epochs``: the plan's steps,
+    augmented images at each stage's start, ``RunMonitor``, TensorBoard and the run's callbacks; after
+    the epoch, its stop rules, the checkpoint, the best checkpoint and the epoch's log line."""
+
+    def __init__(self, r, stages, model, optimizer, checkpoint, position, stop):
+        super().__init__()
+        self.r, self.stages, self.model, self.optimizer = r, stages, model, optimizer
+        self.checkpoint, self.position, self.stop = checkpoint, position, stop
+        model_dir, chief = r.model_dir, r.chief
+        self.stage_images = (progressive.StageImages(os.path.join(model_dir, "logs", "stage_images"))
+                             if chief and r.config.train.log_stage_images else None)
+        # One events file per run (keras_compat.RunTensorBoard), closed by close().
+        self.tensorboard = ([keras_compat.RunTensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch")]
+                            if chief else [])
+        self.best = (evaluation.BestCheckpoint(checkpoint, os.path.join(model_dir, "best"), chief)
+                     if r.evaluate_each_epoch else None)
+        self.validation = (evaluation.ValidationScalars(os.path.join(model_dir, "logs", "validation"))
+                           if self.best and chief else None)
+        self.monitor = None
+        self.logs = {}  # the last epoch's
+
+    def close(self):
+        for board in self.tensorboard:
+            board.close()
+
+    def epoch_steps(self, params):
+        return self.r.plan.stage_steps(params)
+
+    def begin_epoch(self, epoch, params, skip_steps):
+        config = self.r.config
+        if self.stage_images is not None and skip_steps == 0 and self.stages.starts_stage(epoch):
+            self.stage_images.write(_augmented_images(config, self.r.source, params, epoch,
+                                                      config.train.log_stage_images),
+                                    params, int(self.optimizer.iterations.numpy()))
+        self.monitor = RunMonitor(params.batch_size, self.epoch_steps(params) - skip_steps,
+                                  first_step_in_epoch=skip_steps, stop=self.stop)
+        return [self.monitor] + self.tensorboard + list(self.r.callbacks)
+
+    def fit_failed(self, error, epoch, params):
+        _stop_on_out_of_memory(error, epoch, params, self.checkpoint)
+
+    def end_epoch(self, epoch, params, logs):
+        r, checkpoint, monitor, steps = self.r, self.checkpoint, self.monitor, self.epoch_steps(params)
+        _stop_on_nonfinite_loss(monitor, logs, epoch, params, checkpoint)
+        _stop_on_preemption_inside_the_epoch(monitor, epoch, steps, checkpoint, self.position, self.stop)
+        _stop_on_exhausted_data(monitor, logs, epoch, steps, r.config, checkpoint)
+        path = checkpoint.save(epoch + 1, 0)
+        if self.best is not None:
+            results = self.best.evaluate_and_keep(self.model, self.optimizer, r.strategy, r.source, r.plan,
+                                                  r.config.eval)
+            logs.update(results)
+            if self.validation is not None:
+                self.validation.write(epoch, results)
+        logging.info(
+            "Epoch %d/%d (stage %d/%d, %d px): %s; checkpoint %s",
+            epoch + 1, r.config.train.epochs, params.stage + 1, params.num_stages, params.image_size,
+            ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())), path,
+        )
+        self.logs = logs
+        if self.stop.requested.is_set():
+            raise interrupts.Preempted(f"{self.stop.stopped} at the end of epoch {epoch + 1}; checkpoint {path}. "
+                                       "Run the same command to resume.")
 
 
 def _log_run(r):
@@ -291,20 +322,16 @@ def _augmented_images(config, source, params, epoch, count):
     return None  # Fewer than ``count`` training examples.
 
 
-def _fit_epoch(model, data, epoch, steps, monitor, callbacks, verbose, params, checkpoint):
-    """One epoch of ``fit`` (a stop signal asks ``monitor`` to stop after the current execution: the
-    current step, or with ``train.steps_per_execution`` = n the current n steps); its last logs. Out of
-    memory is ``OutOfMemory`` naming the stage's batch and image size and what to lower."""
-    try:
-        history = progressive.fit_epoch(model, data, epoch, callbacks, verbose, steps)
-    except tf.errors.ResourceExhaustedError as e:
+def _stop_on_out_of_memory(error, epoch, params, checkpoint):
+    """An out-of-memory error of the epoch's ``fit`` is ``OutOfMemory`` naming the stage's batch and
+    image size and what to lower."""
+    if isinstance(error, tf.errors.ResourceExhaustedError):
         raise OutOfMemory(
             f"out of memory in epoch {epoch + 1} (stage {params.stage + 1}/{params.num_stages}) at global "
             f"batch {params.batch_size} and {params.image_size} px; lower train.batch_size (or "
             "progressive.max_batch_size, or progressive.image_size_end) and rerun; "
             f"{_last_checkpoint(checkpoint)}"
-        ) from e
-    return {k: float(v[-1]) for k, v in history.history.items() if v}
+        ) from error
 
 
 def _last_checkpoint(checkpoint, sentence=False):

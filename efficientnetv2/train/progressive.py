@@ -12,8 +12,8 @@ charge at every call boundary:
    keep the old dropout rate.)
 3. ``on_epoch_end(e)``: adds the stage's parameters to the epoch's logs.
 
-``fit_epoch`` is that call, with ``epoch_callbacks(e)`` at the head of its callbacks: the trainer
-(``loop``) and the library call (``progressive_fit.fit``) train each epoch through it.
+``progressive_fit.train_epochs`` makes those calls, with ``epoch_callbacks(e)`` at the head of each
+call's callbacks: the trainer (``loop``) and the library call (``progressive_fit.fit``) both run on it.
 
 Everything is a function of the epoch number (``schedules``), so a restart inside stage ``i``
 resumes with stage ``i``'s parameters. A stage with a larger batch (``progressive.batch_scaling``)
@@ -30,7 +30,7 @@ import tensorflow as tf
 from efficientnetv2.train import keras_compat, schedules
 from efficientnetv2.model import set_dropout_rate
 
-__all__ = ["ProgressiveLearning", "StageImages", "fit_epoch"]
+__all__ = ["ProgressiveLearning", "StageImages"]
 
 
 class ProgressiveLearning(keras.callbacks.Callback):
@@ -63,7 +63,7 @@ class ProgressiveLearning(keras.callbacks.Callback):
         return self.dataset_fn(self.stage_for_epoch(epoch), epoch, skip_steps)
 
     def epoch_callbacks(self, epoch, skip_steps=0):
-        """The callbacks that head ``fit_epoch``'s list: a progress bar that places the epoch in the
+        """The callbacks that head each ``model.fit`` call's list: a progress bar that places the epoch in the
         run (``keras_compat.EpochProgbar``), then this callback."""
         params = self.stage_for_epoch(epoch)
         header = (f"Epoch {epoch + 1}/{self.total_epochs} (stage {params.stage + 1}/{params.num_stages}, "
@@ -125,13 +125,6 @@ class ProgressiveLearning(keras.callbacks.Callback):
             dropout_rate=params.dropout_rate,
         )
 
-
-
-def fit_epoch(model, data, epoch, callbacks, verbose="auto", steps=None, validation_data=None):
-    """One epoch of ``model.fit``, a call of its own: Keras builds its data iterator once per call, and
-    the next epoch may be a new stage with data of another size. Returns the call's ``History``."""
-    return model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
-                     validation_data=validation_data, callbacks=list(callbacks), verbose=verbose, shuffle=False)
 
 
 class StageImages:

@@ -8,11 +8,14 @@ image size, RandAugment magnitude and mixup alpha, with its dropout rate on the 
 stages are ``schedules.stage_params`` and the per-epoch work is the trainer's own
 ``progressive.ProgressiveLearning`` callback, so the stage lookup exists once.
 
-``fit`` calls ``model.fit`` once per epoch, because Keras builds its data iterator once per call and
-each stage has data of its own size; the callback rebuilds the train function at each stage's first
-epoch, so it is traced once per stage. The user's callbacks see one run: their ``on_train_begin`` and
-``on_train_end`` run once, ``model.stop_training`` (e.g. ``EarlyStopping``) ends the run, and one
-``History`` holds every epoch.
+Its epochs run in ``train_epochs``, which calls ``model.fit`` once per epoch, because Keras builds
+its data iterator once per call and each stage has data of its own size; the callback rebuilds the
+train function at each stage's first epoch, so it is traced once per stage. The project's trainer
+(``loop``) runs its epochs in ``train_epochs`` too, adding through ``EpochHooks`` what a long run
+needs (steps per stage, a resume inside an epoch, checkpoints, stop rules, logs), so the stage
+lookup, the per-stage data and the callback exist once. Under ``fit`` the user's callbacks see one
+run: their ``on_train_begin`` and ``on_train_end`` run once, ``model.stop_training`` (e.g.
+``EarlyStopping``) ends the run, and one ``History`` holds every epoch.
 """
 
 from efficientnetv2.io.input_pipeline import input_pipeline
@@ -21,7 +24,7 @@ from efficientnetv2.variants import get_variant
 import keras
 import tensorflow as tf
 
-__all__ = ["fit", "make_schedule", "paper_schedule"]
+__all__ = ["fit", "make_schedule", "paper_schedule", "train_epochs", "EpochHooks"]
 
 
 def make_schedule(num_stages, image_size, randaug_magnitude=(5.0, 10.0), mixup_alpha=(0.0, 0.0),
@@ -91,20 +94,71 @@ def fit(model, data, epochs, schedule, *, batch_size=None, validation_data=None,
 
     stages = progressive.ProgressiveLearning(schedule, epochs, dataset_fn, dropout_layers=layers)
     history = _RunHistory()
-    user = [_OncePerRun(c) for c in callbacks]
     for c in callbacks:
         c.set_model(model)
         c.on_train_begin()
-    for epoch in range(epochs):
-        progressive.fit_epoch(model, stages.dataset_for_epoch(epoch), epoch,
-                              stages.epoch_callbacks(epoch) + [history] + user, verbose,
-                              validation_data=validation_data)
-        if model.stop_training:
-            break
+    train_epochs(model, stages, 0, epochs, EpochHooks([history] + [_OncePerRun(c) for c in callbacks]),
+                 validation_data=validation_data, verbose=verbose)
     last_logs = {k: v[-1] for k, v in history.history.items() if v}
     for c in callbacks:
         c.on_train_end(last_logs)
     return history
+
+
+class EpochHooks:
+    """What a caller of ``train_epochs`` adds around each epoch: here, ``callbacks`` in every epoch.
+
+    The trainer (``loop``) overrides the methods for its steps per stage, monitor, checkpoints,
+    stop rules and logs. A hook ends the run by raising, or by setting ``model.stop_training``
+    (the run ends after ``end_epoch``).
+    """
+
+    def __init__(self, callbacks=()):
+        self.callbacks = list(callbacks)
+
+    def epoch_steps(self, params):
+        """The steps of a whole epoch of stage ``params``; None: to the end of its data."""
+        return None
+
+    def begin_epoch(self, epoch, params, skip_steps):
+        """Before the epoch's ``fit`` (of which ``skip_steps`` steps were trained before a resume):
+        the Keras callbacks it adds, after the stage's own."""
+        return list(self.callbacks)
+
+    def fit_failed(self, error, epoch, params):
+        """An error of the epoch's ``fit``: raise a clearer one, or return to let it through."""
+
+    def end_epoch(self, epoch, params, logs):
+        """After the epoch's ``fit``, with its last logs (a dict the hook may add to)."""
+
+
+def train_epochs(model, stages, first_epoch, end_epoch, hooks=None, *, skip_steps=0, validation_data=None,
+                 verbose="auto"):
+    """Trains epochs ``first_epoch`` to ``end_epoch`` - 1 at their stages, one ``model.fit`` each (see the
+    module docstring); the first without its first ``skip_steps`` steps (a run resumed inside it).
+
+    ``stages`` is a ``progressive.ProgressiveLearning``: each epoch's stage, data and callbacks come from
+    it. Returns the epoch after the last one trained.
+    """
+    hooks = hooks or EpochHooks()
+    epoch = first_epoch
+    while epoch < end_epoch:
+        params = stages.stage_for_epoch(epoch)
+        steps = hooks.epoch_steps(params)
+        callbacks = stages.epoch_callbacks(epoch, skip_steps) + hooks.begin_epoch(epoch, params, skip_steps)
+        try:
+            history = model.fit(stages.dataset_for_epoch(epoch, skip_steps), initial_epoch=epoch, epochs=epoch + 1,
+                                steps_per_epoch=None if steps is None else steps - skip_steps,
+                                validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                                shuffle=False)
+        except Exception as error:
+            hooks.fit_failed(error, epoch, params)
+            raise
+        hooks.end_epoch(epoch, params, {k: float(v[-1]) for k, v in history.history.items() if v})
+        epoch, skip_steps = epoch + 1, 0
+        if model.stop_training:
+            break
+    return epoch
 
 
 def _pipeline_data(data, batch_size, seed):
