@@ -27,6 +27,19 @@ for the stage's later epochs), so in an epoch that does not start a stage the fi
 beyond the median step (the re-trace this benchmark's restart causes) is not counted; "measured s"
 counts it, "wall s" adds model building and checkpoint restore.
 
+``--arm keras`` measures the function a user calls instead (``progressive_fit.fit``):
+``keras.applications.EfficientNetV2B0(weights=None, input_tensor=keras.Input((None, None, 3)),
+classes=N)`` trained by it through the same stages as (c) (sizes, RandAugment, its ``top_dropout``
+from ``--dropout_start`` to ``--dropout_end``) against the same model, from the same initial weights,
+trained by a plain ``model.fit`` at ``--image_size`` with the final regularization, for the same epochs
+and steps; both AdamW (one epoch of warmup, then cosine decay) on the same data function (the
+project's decoder, crop, flip and RandAugment). Interleaved epoch by epoch in one process: the plain
+run's epoch ``e`` runs inside the progressive call's ``on_epoch_end`` of epoch ``e``, so each run is
+one uninterrupted call, traced once per stage as a user's would be. "train s" is the sum of the
+epochs' ``fit`` time (epoch begin to end, traces included); evaluation is not counted.
+
+    python benchmarks/progressive.py --arm keras --data_dir ../shared/data/imagenette
+
 Curves: every ``--eval_every`` epochs (and after the last) each run is evaluated (EMA weights, the
 eval size), outside the timed training; ``--plot FILE.png`` draws validation top-1 and training loss
 against training time for every run, stage boundaries marked (needs matplotlib, an optional extra).
@@ -48,21 +61,28 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from efficientnetv2.train import schedules, training  # noqa: E402
+from efficientnetv2.io.input_pipeline import input_pipeline  # noqa: E402
+from efficientnetv2.train import progressive_fit, schedules, training  # noqa: E402
 from hparams import config as config_lib  # noqa: E402
 
+
+datasets = input_pipeline()
 
 PAPER_END_SIZE = 300  # EfficientNetV2-S's last training size, which --image_size stands for.
 
 
 class StepTimes(keras.callbacks.Callback):
-    """The end time of every step of the epoch, to tell the first step's trace from the steps."""
+    """The end time of every step of the epoch, to tell the first step's trace from the steps, and
+    the epoch's seconds from its begin to its end."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.ends = time.perf_counter(), []
 
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
 
     def first_step_excess(self):
         """Seconds the first step took beyond the median step: the train step's trace (and the
@@ -171,6 +191,135 @@ def plot(curves, path, title=""):
     plt.close(figure)
 
 
+KERAS_NAMES = {"plain": "keras.applications B0, plain fit at the final size",
+               "progressive": "keras.applications B0, progressive_fit.fit"}
+
+
+def keras_b0(num_classes, steps, args):
+    """keras.applications' B0 from scratch (the same initial weights at every call), compiled with
+    AdamW: one epoch of linear warmup to ``--keras_lr``, then cosine decay over the other epochs."""
+    keras.utils.set_random_seed(args.seed)
+    # include_top refuses input_shape=(None, None, 3); an input tensor of that shape is accepted.
+    model = keras.applications.EfficientNetV2B0(weights=None, input_tensor=keras.Input((None, None, 3)),
+                                                classes=num_classes)
+    learning_rate = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps * (args.epochs - 1)), warmup_target=args.keras_lr, warmup_steps=steps)
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate), loss="categorical_crossentropy",
+                  metrics=[keras.metrics.CategoricalAccuracy(name="top1")])
+    return model
+
+
+def keras_data(source, steps, args):
+    """Both runs' data, as ``progressive_fit.fit`` takes a function: one epoch of ``steps`` batches
+    from the project's pipeline (decode, random-resized crop, flip, RandAugment) at the size and
+    magnitude asked for. The schedule's mixup is off (as for S), so the images are a plain tensor."""
+    pixel_scale = args.randaug_pixel_scale or args.image_size / PAPER_END_SIZE
+
+    def data(image_size, randaug_magnitude, mixup_alpha, epoch):
+        return datasets.build_train_dataset(source, args.batch_size, image_size, randaug_magnitude=randaug_magnitude,
+                                            randaug_pixel_scale=pixel_scale, seed=args.seed,
+                                            epoch=epoch).repeat().take(steps)
+
+    return data
+
+
+class KerasArm:
+    """The two keras.applications runs, interleaved: ``ProgressiveRun`` is a callback of the progressive
+    ``fit``; at each of its epochs' end it records the epoch, then trains the plain run's same epoch."""
+
+    def __init__(self, source, args):
+        self.args = args
+        self.steps = args.steps_per_epoch or datasets.steps_per_epoch(source, args.batch_size)
+        self.data = keras_data(source, self.steps, args)
+        self.eval_data = datasets.build_eval_dataset(source, 64, args.eval_size)
+        self.models = {name: keras_b0(source.num_classes, self.steps, args) for name in KERAS_NAMES}
+        # The plain run trains with the final regularization throughout.
+        self.models["plain"].get_layer("top_dropout").rate = args.dropout_end
+        self.schedule = progressive_fit.make_schedule(
+            args.stages, (args.start_size, args.image_size), (args.randaug_start, args.randaug_end), (0.0, 0.0),
+            (args.dropout_start, args.dropout_end))
+        self.total = {name: 0.0 for name in KERAS_NAMES}
+        self.pixels = {name: 0 for name in KERAS_NAMES}
+        self.curves = {name: [] for name in KERAS_NAMES}
+
+    def run(self):
+        progressive_fit.fit(self.models["progressive"], self.data, self.args.epochs, self.schedule,
+                            callbacks=[ProgressiveRun(self)], verbose=0)
+
+    def plain_epoch(self, epoch):
+        timer = StepTimes()
+        history = self.models["plain"].fit(
+            self.data(self.args.image_size, self.args.randaug_end, 0.0, epoch), initial_epoch=epoch,
+            epochs=epoch + 1, callbacks=[timer], verbose=0, shuffle=False)  # the pipeline shuffles
+        self.record("plain", epoch, timer.seconds, float(history.history["loss"][-1]), self.args.image_size,
+                    self.args.randaug_end, self.args.dropout_end)
+
+    def record(self, name, epoch, seconds, loss, image_size, randaug_magnitude, dropout_rate):
+        """Adds the epoch's time, evaluates when due (not timed) and prints the epoch's line."""
+        self.total[name] += seconds
+        self.pixels[name] += image_size ** 2
+        args = self.args
+        top1 = None
+        if epoch + 1 == args.epochs or (args.eval_every and (epoch + 1) % args.eval_every == 0):
+            top1 = float(self.models[name].evaluate(self.eval_data, steps=args.eval_steps or None, verbose=0,
+                                                    return_dict=True)["top1"])
+            self.curves[name].append((self.total[name], top1))
+        images_per_sec = self.steps * args.batch_size / seconds
+        print(f"epoch {epoch + 1:2d} {name:11s} {image_size:4d} px  RandAugment {randaug_magnitude:4.1f}  dropout "
+              f"{dropout_rate:.2f}  loss {loss:.3f}  train {seconds:6.1f} s ({images_per_sec:6.1f} img/s)"
+              + (f"  val top-1 {top1:.3f}" if top1 is not None else ""), flush=True)
+
+
+class ProgressiveRun(keras.callbacks.Callback):
+    """The progressive run's epoch timer, and the plain run's turn after each of its epochs."""
+
+    def __init__(self, arm):
+        super().__init__()
+        self.arm, self.timer = arm, StepTimes()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.timer.on_epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.timer.on_epoch_end(epoch)
+        self.arm.record("progressive", epoch, self.timer.seconds, float(logs["loss"]), int(logs["image_size"]),
+                        logs["randaug_magnitude"], logs["dropout_rate"])
+        self.arm.plain_epoch(epoch)
+
+
+def keras_arm(args):
+    """``--arm keras``: keras.applications' B0 by ``progressive_fit.fit`` against a plain ``fit``."""
+    source = datasets.get_source("auto", args.data_dir)
+    rep = report.Report("Progressive learning for a keras.applications model", __file__,
+                        runs="; ".join(KERAS_NAMES.values()) + " (interleaved epoch by epoch)",
+                        evaluation=f"validation top-1 at {args.eval_size} px, not counted as training time")
+    arm = KerasArm(source, args)
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
+          f"{arm.steps} steps of {args.batch_size} images per epoch", flush=True)
+    arm.run()
+    data_name = os.path.basename(os.path.normpath(args.data_dir))
+    title = (f"keras.applications EfficientNetV2B0 (weights=None) on {data_name}: {args.epochs} epochs of "
+             f"{arm.steps} steps, batch {args.batch_size}, AdamW (peak {args.keras_lr:g}); "
+             f"progressive: {args.stages} stages, {args.start_size}->{args.image_size} px, RandAugment "
+             f"{args.randaug_start:g}->{args.randaug_end:g}, dropout {args.dropout_start:g}->{args.dropout_end:g}; "
+             f"plain: {args.image_size} px, RandAugment {args.randaug_end:g}, dropout {args.dropout_end:g}")
+    table = rep.table(["run", "train s", "images/s", f"val top-1 ({args.eval_size} px)", "train time vs plain",
+                       "top-1 vs plain"], title)
+    images = args.epochs * arm.steps * args.batch_size
+    final = {name: arm.curves[name][-1][1] for name in KERAS_NAMES}
+    for name in ("plain", "progressive"):
+        table.add(KERAS_NAMES[name], f"{arm.total[name]:.0f}", f"{images / arm.total[name]:.1f}",
+                  f"{100 * final[name]:.1f}%", f"{arm.total[name] / arm.total['plain']:.2f}x",
+                  f"{100 * (final[name] - final['plain']):+.1f} pts")
+    rep.note(f"Pixels trained, progressive vs plain: {arm.pixels['progressive'] / arm.pixels['plain']:.2f}x "
+             "(the time ratio if an image's cost were proportional to its pixels).")
+    rep.print()
+    if args.plot:
+        report.plot_top1_against_time(args.plot, {KERAS_NAMES[n]: [(0, 0)] + arm.curves[n] for n in KERAS_NAMES},
+                                      title)
+        print(f"Curves drawn in {args.plot}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=report.IMAGENETTE)
@@ -199,11 +348,17 @@ def main():
     parser.add_argument("--eval_every", type=int, default=3, help="Evaluate every this many epochs (0: at the "
                         "end only); the time is not counted as training time.")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="Write the curves as a PNG.")
+    parser.add_argument("--arm", choices=("trainer", "keras"), default="trainer",
+                        help="trainer: the trainer's runs of --modes; keras: keras.applications' B0 by "
+                        "progressive_fit.fit against a plain fit at --image_size (see above).")
+    parser.add_argument("--keras_lr", type=float, default=1e-3, help="--arm keras: AdamW's peak learning rate.")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
 
     if not os.path.isdir(args.data_dir):
         sys.exit(f"no data folder at {args.data_dir}")
+    if args.arm == "keras":
+        return keras_arm(args)
     work = args.work_dir or tempfile.mkdtemp(prefix="progressive-bench-")
     modes = args.modes.split(",")
     configs = {m: make_config(args, m) for m in modes}
