@@ -586,6 +586,18 @@ def _write_export(model, tmp, info, written, skipped, onnx, calibration):
     def path(kind):
         return os.path.join(tmp, FILES[kind])
 
+    # ONNX first, while this process holds the least memory: its conversion's child needs the most,
+    # and the other formats' conversions leave memory behind in this process.
+    onnx_error = None
+    try:
+        skipped["onnx"] = onnx_export.write_as_configured(
+            model, path("onnx"), info.image_size, onnx, f"EfficientNetV2-{info.variant.name.upper()}")
+    except onnx_export.OnnxExportError as e:
+        onnx_error, skipped["onnx"] = e, str(e)
+    if not skipped["onnx"]:
+        del skipped["onnx"]
+        written.append("onnx")
+
     _write_saved_model(model, path("saved_model"), info.image_size, info.class_names)
     written.append("saved_model")
     model.save(path("keras"))
@@ -605,14 +617,6 @@ def _write_export(model, tmp, info, written, skipped, onnx, calibration):
         with open(path("tflite_int8"), "wb") as f:
             f.write(tflite_int8.convert(function, module, calibration))
         written.append("tflite_int8")
-    onnx_error = None
-    try:
-        skipped["onnx"] = onnx_export.write_as_configured(model, path("onnx"), info.image_size, onnx)
-    except onnx_export.OnnxExportError as e:
-        onnx_error, skipped["onnx"] = e, str(e)
-    if not skipped["onnx"]:
-        del skipped["onnx"]
-        written.append("onnx")
     if info.class_names:
         with open(path("labels"), "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in info.class_names))
