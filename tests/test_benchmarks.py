@@ -45,7 +45,8 @@ def test_time_to_accuracy_takes_the_first_epoch_at_or_above_the_target():
     assert time_to_reach(curve, 0.55) == 60.0
     assert time_to_reach(curve, 0.6) is None
     args = parse_args(["--steps_per_epoch", "3", "--plot", "x.png"])
-    assert (args.baseline_epochs, args.baseline_size, args.baseline_batch_size, args.eval_size) == (6, 96, 32, 96)
+    assert (args.baseline_epochs, args.baseline_size, args.baseline_batch_size, args.eval_size) == (5, 128, 32, 128)
+    assert args.hparams == "train.epochs=5"
     assert args.hparams_file.endswith("small_data.yaml") and args.plot == "x.png"
 
 
