@@ -69,9 +69,23 @@ def check_onnx_against_saved_model(variant, size, tmp_path):
     one = session.run(None, {"images": images[:1]})[0]
     # The photos get different probabilities (by far more than the tolerance): the image matters.
     assert np.ptp(expected, axis=0).max() > 1e-4
-    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=0)
-    np.testing.assert_allclose(one, expected[:1], rtol=1e-5, atol=0)
+    rtol = onnx_tolerance(np.asarray(model(images, training=False)), expected)
+    np.testing.assert_allclose(batched, expected, rtol=rtol, atol=1e-4 * rtol)
+    np.testing.assert_allclose(one, expected[:1], rtol=rtol, atol=1e-4 * rtol)
     return peak, model.count_params()
+
+
+def onnx_tolerance(keras_probabilities, saved_model_probabilities):
+    """1e-5 relative, or 3x what TensorFlow's own two float32 executions of the model (the Keras
+    model eagerly, its SavedModel's graph) differ by where that is more.
+
+    The weights are random and large (``randomize_weights``): the logits of L and XL spread over
+    tens of units, and the rounding of any two float32 kernels grows through 80 blocks to more than
+    1e-5 of a probability, TensorFlow against itself included. A wrong conversion differs by orders
+    of magnitude more."""
+    meaningful = saved_model_probabilities >= 1e-4
+    own = np.abs(keras_probabilities - saved_model_probabilities)[meaningful] / saved_model_probabilities[meaningful]
+    return max(1e-5, 3 * float(own.max()))
 
 
 @pytest.mark.parametrize("variant", ["b0", "s"])
