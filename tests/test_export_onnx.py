@@ -239,14 +239,16 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def copies_kept_by_update_proto(updates=8):
+def copies_kept_by_update_proto(updates=16):
     """How many copies of a constant's tensor tf2onnx's ``Node.update_proto`` leaves behind in
-    ``updates`` calls, by this process's resident memory."""
+    ``updates`` calls, by this process's resident memory (a lower bound: memory that earlier tests
+    freed and the allocator kept can hold some copies without growing it)."""
     from tf2onnx.graph import Graph  # noqa: PLC0415
 
     size = 16 * 2**20
     node = Graph([], opset=onnx_export.OPSET).make_const("weights", np.ones(size // 4, np.float32))
     node.update_proto()
+    onnx_export._return_freed_memory()  # noqa: SLF001 so that freed memory is not reused unseen
     before = rss_bytes()
     for _ in range(updates):
         node.update_proto()
@@ -261,9 +263,9 @@ def test_canary_tf2onnx_update_proto_keeps_a_copy_of_every_constant_per_call():
 
     if api_implementation.Type() != "upb":
         pytest.skip("the growth is protobuf's upb backend's")
-    assert copies_kept_by_update_proto() > 6
+    assert copies_kept_by_update_proto() > 8  # of 16
     with onnx_export._tf2onnx_without_copies():
-        assert copies_kept_by_update_proto() < 2
+        assert copies_kept_by_update_proto() < 4  # at most a few in flight, not one per update
 
 
 def test_the_child_exit_becomes_one_line():
