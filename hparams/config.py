@@ -152,6 +152,9 @@ class TrainConfig:
     lr_decay_rate: float = setting(0.97, above=0, at_most=1)
     lr_decay_epochs: float = setting(2.4, above=0, at_most=MAX_EPOCHS)
     lr_min: float = setting(0.0, at_least=0)
+    # Cosine only: the fraction of the epochs after warmup held at the peak before the cosine decay
+    # over the rest ("flat then cosine"); 0 decays from the end of warmup.
+    lr_hold_fraction: float = setting(0.0, at_least=0, below=1)
     weight_decay: float = setting(1e-5, at_least=0, below=1)
     # Which weights decay: "kernels" (conv, depthwise and dense kernels, as the reference release) or
     # "all" (batch norm's scale and offset and biases too, as Keras' AdamW by default).

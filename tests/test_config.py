@@ -198,6 +198,7 @@ def test_dump_round_trip():
         ("train.weight_decay=-1e-5", r"'train.weight_decay' = -1e-05: must be >= 0 and < 1"),
         ("train.lr_base=-0.1", r"'train.lr_base' = -0.1: must be >= 0"),
         ("train.lr_min=-1", r"'train.lr_min' = -1.0: must be >= 0"),
+        ("train.lr_hold_fraction=1", r"'train.lr_hold_fraction' = 1.0: must be >= 0 and < 1"),
         ("train.lr_decay_rate=0", r"'train.lr_decay_rate' = 0.0: must be > 0 and <= 1"),
         ("train.lr_decay_epochs=0", r"'train.lr_decay_epochs' = 0.0: must be > 0"),
         ("train.warmup_epochs=-1", r"'train.warmup_epochs' = -1.0: must be >= 0"),

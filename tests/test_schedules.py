@@ -104,6 +104,35 @@ def test_cosine_learning_rate_table(step, expected):
     assert float(schedules.LearningRateSchedule(**kwargs)(step)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (5, 0.5),                                                   # warmup as without a hold
+        (10, 1.0),                                                  # peak at the end of warmup
+        (70, 1.0),                                                  # held: 60% of the 10 epochs after warmup
+        (80, 0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 0.25))),   # a quarter of the way down the cosine
+        (90, 0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 0.5))),    # half way down
+        (110, 0.01),                                                # the end: the minimum
+    ],
+)
+def test_cosine_holds_the_peak_for_hold_fraction_then_decays_over_the_rest(step, expected):
+    kwargs = dict(steps_per_epoch=10, peak=1.0, warmup_epochs=1, schedule="cosine", total_epochs=11, minimum=0.01)
+    held = schedules.LearningRateSchedule(hold_fraction=0.6, **kwargs)
+    assert float(held(step)) == pytest.approx(expected, rel=1e-5)
+    again = schedules.LearningRateSchedule.from_config(held.get_config())
+    assert float(again(80)) == float(held(80))
+    with pytest.raises(ValueError, match="hold_fraction 1.0"):
+        schedules.LearningRateSchedule(hold_fraction=1.0, **kwargs)
+
+
+def test_no_hold_is_bit_identical_to_the_plain_cosine():
+    kwargs = dict(steps_per_epoch=312, peak=0.004, warmup_epochs=1, schedule="cosine", total_epochs=5)
+    plain = schedules.LearningRateSchedule(**kwargs)
+    held = schedules.LearningRateSchedule(hold_fraction=0.0, **kwargs)
+    steps = [0, 1, 311, 312, 313, 700, 1559, 1560, 2000]
+    assert [float(plain(s)) for s in steps] == [float(held(s)) for s in steps]
+
+
 def test_schedule_serializes():
     s = schedules.LearningRateSchedule(steps_per_epoch=7, peak=0.1, schedule="cosine")
     again = schedules.LearningRateSchedule.from_config(s.get_config())

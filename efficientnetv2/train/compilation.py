@@ -48,6 +48,7 @@ def compile_model(config, plan, model):
         decay_epochs=config.train.lr_decay_epochs,
         total_epochs=config.train.epochs,
         minimum=config.train.lr_min,
+        hold_fraction=config.train.lr_hold_fraction,
     )
     optimizer = optimizers.make_optimizer(config.train, schedule)
     if plan.mixed_precision == "mixed_float16":

@@ -209,7 +209,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """The learning rate at the optimizer's step: linear warmup from 0 to ``peak``, then
 
     - ``exponential``: ``peak * decay_rate ** floor((epoch - warmup) / decay_epochs)`` (staircase),
-    - ``cosine``: half a cosine from ``peak`` to ``minimum`` over the epochs after warmup,
+    - ``cosine``: ``peak`` for the first ``hold_fraction`` of the epochs after warmup, then half a
+      cosine from ``peak`` to ``minimum`` over the rest (``hold_fraction=0``: the plain cosine),
     - ``constant``: ``peak``;
     never below ``minimum``; all of it times the learning-rate scale of the step's segment.
 
@@ -231,6 +232,7 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
         total_epochs=350,
         minimum=0.0,
         segments=None,
+        hold_fraction=0.0,
     ):
         if schedule not in ("exponential", "cosine", "constant"):
             raise ValueError(f"unknown learning-rate schedule {schedule!r}")
@@ -248,6 +250,9 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_epochs = float(decay_epochs)
         self.total_epochs = float(total_epochs)
         self.minimum = float(minimum)
+        if not 0.0 <= float(hold_fraction) < 1.0:
+            raise ValueError(f"hold_fraction {hold_fraction!r}: must be >= 0 and < 1")
+        self.hold_fraction = float(hold_fraction)
 
     def _epoch_and_scale(self, step):
         """The fractional epoch of ``step`` (float32) and the learning-rate scale of its segment."""
@@ -277,7 +282,8 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
             decayed = self.peak * ops.power(self.decay_rate, ops.floor(after / self.decay_epochs))
         elif self.schedule == "cosine":
             span = max(self.total_epochs - self.warmup_epochs, 1e-9)
-            progress = ops.minimum(after / span, 1.0)
+            hold = self.hold_fraction * span
+            progress = ops.clip((after - hold) / max(span - hold, 1e-9), 0.0, 1.0)
             decayed = self.minimum + 0.5 * (self.peak - self.minimum) * (1.0 + ops.cos(math.pi * progress))
         else:
             decayed = ops.convert_to_tensor(self.peak, "float32")
@@ -295,5 +301,6 @@ class LearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "decay_epochs": self.decay_epochs,
             "total_epochs": self.total_epochs,
             "minimum": self.minimum,
+            "hold_fraction": self.hold_fraction,
             "segments": None if self.segments is None else [list(s) for s in self.segments],
         }
