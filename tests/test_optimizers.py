@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from efficientnetv2.train import optimizers
+import datasets
+from efficientnetv2.train import compilation, optimizers, training
 from hparams import config as config_lib
 
 
@@ -43,8 +44,6 @@ def test_l2_weight_decay_on_kernels_or_all_weights():
 
 def test_lr_hold_fraction_reaches_the_optimizers_schedule():
     """``train.lr_hold_fraction`` holds the trainer's learning rate at its peak after warmup."""
-    import datasets
-    from efficientnetv2.train import compilation, training
 
     def learning_rates(hold):
         config = config_lib.load_config(dataset="synthetic", model="b0")
